@@ -1,0 +1,8 @@
+//! Audiences: the catalog built from config (which segment feeds which
+//! audience and destinations) and the one rule that orders membership.
+
+mod catalog;
+pub mod membership;
+
+pub use catalog::{AudienceDef, Catalog};
+pub use membership::{Decision, Source, Stamp};

@@ -1,0 +1,503 @@
+//! Configuration: a TOML file, overridden by `KOALA_`-prefixed environment
+//! variables (`KOALA_SERVER__LISTEN=0.0.0.0:8080`; `__` separates levels).
+//! Secrets may be written as `${ENV_VAR}` so they never sit in the file.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    pub customerio: CustomerIoConfig,
+    #[serde(default)]
+    pub audiences: Vec<AudienceConfig>,
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API (`/v1/*`).
+    pub admin_token: Secret,
+    /// Largest webhook body accepted; larger answers 413.
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight destination calls.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` (embedded). PostgreSQL comes later.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: default_store_url(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Region {
+    Us,
+    Eu,
+}
+
+impl Region {
+    pub fn app_api_base_url(self) -> &'static str {
+        match self {
+            Region::Us => "https://api.customer.io",
+            Region::Eu => "https://api-eu.customer.io",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerIoConfig {
+    #[serde(default = "default_region")]
+    pub region: Region,
+    /// Keys for "Send webhook" actions; several allow rotation.
+    #[serde(default)]
+    pub webhook_signing_keys: Vec<Secret>,
+    /// Keys for reporting webhooks.
+    #[serde(default)]
+    pub reporting_signing_keys: Vec<Secret>,
+    /// Reject a signed request whose `X-CIO-Timestamp` is further than this
+    /// from now. Customer.io retries for 7 days, so the default is 8 days;
+    /// replays are stopped by deduplication, not by this window.
+    #[serde(default = "default_timestamp_tolerance", with = "humantime_serde")]
+    pub timestamp_tolerance: Duration,
+    /// App API key (Bearer), used by resync and reconciliation.
+    #[serde(default)]
+    pub app_api_key: Option<Secret>,
+    /// Overrides the region's App API base URL (proxies, tests).
+    #[serde(default)]
+    pub app_api_base_url: Option<String>,
+    /// Client-side App API limit shared by every caller.
+    #[serde(default = "default_app_api_rps")]
+    pub app_api_requests_per_second: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AudienceMode {
+    /// Exits remove members from destinations.
+    #[default]
+    Mirror,
+    /// Never remove (Meta refuses removals on small audiences).
+    Additive,
+}
+
+impl AudienceMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AudienceMode::Mirror => "mirror",
+            AudienceMode::Additive => "additive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceConfig {
+    pub name: String,
+    pub segment_id: u64,
+    #[serde(default)]
+    pub mode: AudienceMode,
+    #[serde(default)]
+    pub sync: Vec<SyncTarget>,
+    /// Optional scheduled reconciliation against the App API, e.g. "6h".
+    #[serde(default, with = "humantime_serde")]
+    pub reconcile_every: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncTarget {
+    pub destination: String,
+    /// The destination's audience id; omitted → koala creates the audience
+    /// and records its id.
+    #[serde(default)]
+    pub audience_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DestinationConfig {
+    MetaCustomAudiences(crate::destinations::meta::MetaConfig),
+}
+
+impl DestinationConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            DestinationConfig::MetaCustomAudiences(c) => &c.name,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            DestinationConfig::MetaCustomAudiences(_) => "meta_custom_audiences",
+        }
+    }
+}
+
+/// A secret value. Written as `${ENV_VAR}` it is read from the environment
+/// when the config loads. Never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Secret> for String {
+    fn from(_: Secret) -> String {
+        // Serializing a config never writes the secret back out.
+        "***".into()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw)
+            .map(Secret)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Replaces every `${NAME}` with the environment variable NAME.
+pub fn expand_env(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated ${{…}} in {raw:?}"))?;
+        let name = &after[..end];
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid default")
+}
+fn default_body_limit() -> usize {
+    1024 * 1024
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_store_url() -> String {
+    "sqlite://data/koala.db".into()
+}
+fn default_region() -> Region {
+    Region::Us
+}
+fn default_timestamp_tolerance() -> Duration {
+    Duration::from_secs(8 * 24 * 3600)
+}
+fn default_app_api_rps() -> u32 {
+    10
+}
+
+/// Every problem found in a config, each naming its key.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Loads the file, applies `KOALA_*` overrides, then validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        if !path.exists() {
+            return Err(ConfigErrors(vec![format!(
+                "{}: no such config file",
+                path.display()
+            )]));
+        }
+        Self::from_figment(
+            Figment::new()
+                .merge(Toml::file_exact(path))
+                .merge(Env::prefixed("KOALA_").split("__")),
+        )
+    }
+
+    /// Parses a config held in a string (tests), with no env overrides.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        Self::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigErrors> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigErrors(e.into_iter().map(describe_figment_error).collect()))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// Semantic checks that serde cannot express. Every problem names its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.server.admin_token.expose().len() < 16 {
+            p.push("server.admin_token: must be at least 16 characters".into());
+        }
+        if self.server.body_limit_bytes == 0 {
+            p.push("server.body_limit_bytes: must be greater than 0".into());
+        }
+        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres")) {
+            p.push(format!(
+                "store.url: unsupported store {:?} (expected sqlite://PATH or postgres://…)",
+                self.store.url
+            ));
+        }
+        let cio = &self.customerio;
+        if cio.webhook_signing_keys.is_empty() {
+            p.push("customerio.webhook_signing_keys: at least one key is needed to accept segment webhooks".into());
+        }
+        for (field, keys) in [
+            ("webhook_signing_keys", &cio.webhook_signing_keys),
+            ("reporting_signing_keys", &cio.reporting_signing_keys),
+        ] {
+            for (i, k) in keys.iter().enumerate() {
+                if k.expose().is_empty() {
+                    p.push(format!("customerio.{field}[{i}]: empty key"));
+                }
+            }
+        }
+        if cio.app_api_requests_per_second == 0 {
+            p.push("customerio.app_api_requests_per_second: must be greater than 0".into());
+        }
+        if let Some(url) = &cio.app_api_base_url {
+            if url::Url::parse(url).is_err() {
+                p.push(format!("customerio.app_api_base_url: not a URL: {url:?}"));
+            }
+        }
+
+        let mut dest_names = HashSet::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            if d.name().is_empty() {
+                p.push(format!("destinations[{i}].name: must not be empty"));
+            }
+            if !dest_names.insert(d.name()) {
+                p.push(format!(
+                    "destinations[{i}].name: duplicate destination {:?}",
+                    d.name()
+                ));
+            }
+            match d {
+                DestinationConfig::MetaCustomAudiences(m) => {
+                    for problem in m.problems() {
+                        p.push(format!("destinations[{i}].{problem}"));
+                    }
+                }
+            }
+        }
+
+        let mut names = HashSet::new();
+        for (i, a) in self.audiences.iter().enumerate() {
+            if a.name.trim().is_empty() {
+                p.push(format!("audiences[{i}].name: must not be empty"));
+            }
+            if a.name.contains('/') {
+                p.push(format!("audiences[{i}].name: must not contain '/'"));
+            }
+            if !names.insert(a.name.as_str()) {
+                p.push(format!(
+                    "audiences[{i}].name: duplicate audience {:?}",
+                    a.name
+                ));
+            }
+            if a.reconcile_every.is_some() && cio.app_api_key.is_none() {
+                p.push(format!(
+                    "audiences[{i}].reconcile_every: needs customerio.app_api_key"
+                ));
+            }
+            if let Some(every) = a.reconcile_every {
+                if every < Duration::from_secs(60) {
+                    p.push(format!("audiences[{i}].reconcile_every: at least 1m"));
+                }
+            }
+            let mut seen = HashSet::new();
+            for (j, s) in a.sync.iter().enumerate() {
+                if !dest_names.contains(s.destination.as_str()) {
+                    p.push(format!(
+                        "audiences[{i}].sync[{j}].destination: no destination named {:?}",
+                        s.destination
+                    ));
+                }
+                if !seen.insert(s.destination.as_str()) {
+                    p.push(format!(
+                        "audiences[{i}].sync[{j}].destination: {:?} listed twice",
+                        s.destination
+                    ));
+                }
+            }
+        }
+        p
+    }
+
+    pub fn audience(&self, name: &str) -> Option<&AudienceConfig> {
+        self.audiences.iter().find(|a| a.name == name)
+    }
+
+    pub fn app_api_base_url(&self) -> String {
+        self.customerio
+            .app_api_base_url
+            .clone()
+            .unwrap_or_else(|| self.customerio.region.app_api_base_url().to_owned())
+    }
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    let path = e.path.join(".");
+    let kind = e.kind.to_string();
+    if path.is_empty() {
+        kind
+    } else {
+        format!("{path}: {kind}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [server]
+        admin_token = "0123456789abcdef"
+        [customerio]
+        webhook_signing_keys = ["k1"]
+        [[audiences]]
+        name = "CIO__CartAbandon__0-4h__NoPurchase"
+        segment_id = 42
+    "#;
+
+    #[test]
+    fn a_minimal_config_takes_the_documented_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.store.url, "sqlite://data/koala.db");
+        assert_eq!(c.server.body_limit_bytes, 1 << 20);
+        assert_eq!(c.customerio.region, Region::Us);
+        assert_eq!(c.audiences[0].mode, AudienceMode::Mirror);
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_naming_the_key() {
+        let e =
+            Config::from_toml(&MINIMAL.replace("segment_id = 42", "segment_id = 42\nsegmnet = 1"))
+                .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("segmnet"), "{text}");
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        std::env::set_var("KOALA_TEST_SECRET_A", "from-env-0123456789");
+        let c = Config::from_toml(&MINIMAL.replace("0123456789abcdef", "${KOALA_TEST_SECRET_A}"))
+            .unwrap();
+        assert_eq!(c.server.admin_token.expose(), "from-env-0123456789");
+        assert_eq!(format!("{:?}", c.server.admin_token), "***");
+    }
+
+    #[test]
+    fn a_missing_environment_variable_names_the_key() {
+        let e = Config::from_toml(&MINIMAL.replace("\"k1\"", "\"${KOALA_TEST_UNSET_VAR}\""))
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("webhook_signing_keys"), "{text}");
+        assert!(text.contains("KOALA_TEST_UNSET_VAR"), "{text}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_with_its_key() {
+        let text = r#"
+            [server]
+            admin_token = "short"
+            [customerio]
+            [[audiences]]
+            name = "a"
+            segment_id = 1
+            sync = [{ destination = "nowhere" }]
+            [[audiences]]
+            name = "a"
+            segment_id = 2
+        "#;
+        let e = Config::from_toml(text).unwrap_err().0;
+        assert!(
+            e.iter().any(|p| p.starts_with("server.admin_token")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|p| p.starts_with("customerio.webhook_signing_keys")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|p| p.starts_with("audiences[0].sync[0].destination")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|p| p.starts_with("audiences[1].name")),
+            "{e:?}"
+        );
+    }
+}

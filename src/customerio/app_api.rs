@@ -1,0 +1,1 @@
+//! Customer.io App API client (resync). Placeholder.

@@ -1,0 +1,36 @@
+//! The delivery engine: one dispatcher per destination turns pending
+//! (desired ≠ acknowledged) rows into batched destination calls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+/// Wakes a destination's dispatcher when new work was committed.
+#[derive(Clone, Default)]
+pub struct Wakers {
+    by_destination: Arc<HashMap<String, Arc<Notify>>>,
+}
+
+impl Wakers {
+    pub fn new<'a>(destinations: impl IntoIterator<Item = &'a str>) -> Self {
+        Wakers {
+            by_destination: Arc::new(
+                destinations
+                    .into_iter()
+                    .map(|d| (d.to_owned(), Arc::new(Notify::new())))
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn wake(&self, destination: &str) {
+        if let Some(n) = self.by_destination.get(destination) {
+            n.notify_one();
+        }
+    }
+
+    pub fn notifier(&self, destination: &str) -> Option<Arc<Notify>> {
+        self.by_destination.get(destination).cloned()
+    }
+}

@@ -1,0 +1,92 @@
+//! Destinations: one folder each, one trait between them and the delivery
+//! engine. A destination turns a batch of people into its platform's
+//! request, sends it, and classifies the answer; the engine owns batching,
+//! limits, retries, dead letters and pausing.
+
+pub mod meta;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::audiences::AudienceDef;
+use crate::config::DestinationConfig;
+use crate::store::{PersonRecord, SyncOp};
+
+/// The limits the engine enforces for a destination.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most people in one request.
+    pub max_batch: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Requests per second (the platform's quota).
+    pub requests_per_second: f64,
+    /// Wait at least this long for a batch to fill (0: send at once).
+    pub min_linger: Duration,
+    /// Longest backoff between retries of the same rows.
+    pub max_backoff: Duration,
+    /// First backoff step.
+    pub base_backoff: Duration,
+}
+
+/// How a destination answered a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    /// Stored by the destination. `invalid` rows were refused by it as
+    /// unusable (counted, not retried).
+    Success { received: usize, invalid: usize },
+    /// Throttled or a passing failure: try the same rows again later,
+    /// after `after` when the platform said how long.
+    RetryLater {
+        after: Option<Duration>,
+        reason: String,
+    },
+    /// These rows can never succeed as they are: dead-letter them.
+    Permanent { reason: String },
+    /// Nothing will succeed until someone acts (expired token, missing
+    /// permission): pause the destination, keep its work.
+    DestinationDown { reason: String },
+}
+
+impl SendOutcome {
+    pub fn class(&self) -> &'static str {
+        match self {
+            SendOutcome::Success { .. } => "success",
+            SendOutcome::RetryLater { .. } => "retry",
+            SendOutcome::Permanent { .. } => "permanent",
+            SendOutcome::DestinationDown { .. } => "destination_down",
+        }
+    }
+}
+
+/// A person a destination cannot address (none of its identifiers).
+pub const UNMATCHED: &str = "unmatched: none of this destination's identifiers";
+
+#[async_trait]
+pub trait Destination: Send + Sync + 'static {
+    fn name(&self) -> &str;
+
+    fn limits(&self) -> Limits;
+
+    /// True when this person carries at least one identifier the
+    /// destination is configured to send.
+    fn can_address(&self, person: &PersonRecord) -> bool;
+
+    /// Creates the platform-side audience for `audience`; returns its id.
+    /// Called only when no id is configured or recorded.
+    async fn create_audience(&self, audience: &AudienceDef) -> Result<String, SendOutcome>;
+
+    /// Sends one batch of addressable people to the platform audience.
+    async fn send(&self, audience_id: &str, op: SyncOp, people: &[PersonRecord]) -> SendOutcome;
+}
+
+/// Builds the destination a config entry describes.
+pub fn build(config: &DestinationConfig) -> anyhow::Result<Arc<dyn Destination>> {
+    match config {
+        DestinationConfig::MetaCustomAudiences(c) => {
+            Ok(Arc::new(meta::MetaDestination::new(c.clone())?))
+        }
+    }
+}

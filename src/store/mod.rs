@@ -1,0 +1,329 @@
+//! Durable state behind one interface. The embedded store is SQLite (WAL);
+//! a PostgreSQL store implements the same trait with the same tables.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub use sqlite::SqliteStore;
+
+use crate::audiences::AudienceDef;
+use crate::customerio::reporting::ReportingEvent;
+use crate::customerio::segment::SegmentEvent;
+use crate::identity::Identifiers;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: {0}")]
+    Other(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Opens the store a URL names, migrated and ready.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Other(format!(
+            "unsupported store URL scheme in {:?} (this build has sqlite)",
+            url.split(':').next().unwrap_or_default()
+        )))
+    }
+}
+
+/// One unit of ingest, applied atomically with others in a group commit.
+#[derive(Debug, Clone)]
+pub enum IngestCommand {
+    /// A segment change routed to the audiences fed by its segment.
+    Segment {
+        event: SegmentEvent,
+        audiences: Vec<Arc<AudienceDef>>,
+    },
+    Reporting(ReportingEvent),
+}
+
+/// What one command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum IngestOutcome {
+    /// Stored. `audiences` says, per audience, whether membership changed.
+    Accepted {
+        person_id: i64,
+        audiences: Vec<AudienceOutcome>,
+    },
+    /// Seen before: nothing changed.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AudienceOutcome {
+    pub audience: String,
+    /// applied | unchanged | stale
+    pub outcome: &'static str,
+    #[serde(skip)]
+    pub destinations_touched: Vec<String>,
+}
+
+/// An identity record as a destination needs it.
+#[derive(Debug, Clone, Default)]
+pub struct PersonRecord {
+    pub person_id: i64,
+    pub customer_id: Option<String>,
+    pub cio_id: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub attributes: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AudienceStats {
+    pub audience_id: i64,
+    pub name: String,
+    pub segment_id: i64,
+    pub mode: String,
+    pub members: i64,
+    pub with_email: i64,
+    pub with_phone: i64,
+    pub with_neither: i64,
+    pub last_change_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MembershipView {
+    pub audience: String,
+    pub is_member: bool,
+    pub since: i64,
+    pub last_event_at: i64,
+    pub set_by_event: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub event_id: i64,
+    pub audience: Option<String>,
+    pub source: String,
+    pub kind: String,
+    pub occurred_at: i64,
+    pub received_at: i64,
+    pub outcome: String,
+    pub detail: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncStateView {
+    pub destination: String,
+    pub audience: String,
+    pub desired: bool,
+    pub acknowledged: Option<bool>,
+    pub acknowledged_at: Option<i64>,
+    pub pending: bool,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub dead_letter: Option<String>,
+}
+
+/// Everything koala knows of one person. Email and phone are in clear here;
+/// the HTTP layer masks them.
+#[derive(Debug, Clone)]
+pub struct PersonView {
+    pub record: PersonRecord,
+    pub subscribed: Option<bool>,
+    pub subscription_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub memberships: Vec<MembershipView>,
+    pub history: Vec<HistoryEntry>,
+    pub sync: Vec<SyncStateView>,
+}
+
+/// add (desired in) or remove (desired out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncOp {
+    Add,
+    Remove,
+}
+
+impl SyncOp {
+    pub fn from_desired(desired: bool) -> Self {
+        if desired {
+            SyncOp::Add
+        } else {
+            SyncOp::Remove
+        }
+    }
+    pub fn desired(self) -> bool {
+        self == SyncOp::Add
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncOp::Add => "add",
+            SyncOp::Remove => "remove",
+        }
+    }
+}
+
+/// One claimed row of delivery work.
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    pub sync_id: i64,
+    pub version: i64,
+    pub desired_at: i64,
+    pub desired_received_at: i64,
+    pub attempts: i64,
+    pub person: PersonRecord,
+}
+
+/// Rows of one (audience, op) leased to one dispatcher.
+#[derive(Debug, Clone)]
+pub struct WorkBatch {
+    pub destination: String,
+    pub audience_id: i64,
+    pub op: SyncOp,
+    pub items: Vec<WorkItem>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestinationAudienceStats {
+    pub pending_adds: i64,
+    pub pending_removes: i64,
+    pub acknowledged_members: i64,
+    pub dead_letters: i64,
+    pub last_success_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PendingSummary {
+    pub pending: i64,
+    /// Receipt time of the oldest pending change, ms.
+    pub oldest_received_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub sync_id: i64,
+    pub destination: String,
+    pub audience: String,
+    pub person_id: i64,
+    pub customer_id: Option<String>,
+    pub op: SyncOp,
+    pub reason: String,
+    pub dead_at: i64,
+    pub attempts: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    pub destination: Option<String>,
+    pub audience_id: Option<i64>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip for readiness.
+    async fn ping(&self) -> Result<()>;
+
+    /// True when this process is the only one using the store (SQLite), so
+    /// leases left by a killed run can be released at start.
+    fn is_exclusive(&self) -> bool;
+
+    /// Records configured audiences; returns them with their ids set.
+    async fn register_audiences(&self, defs: Vec<AudienceDef>) -> Result<Vec<AudienceDef>>;
+
+    /// Applies commands in one transaction (group commit). Each command
+    /// gets its own result; a failing one does not undo the others.
+    async fn apply_batch(
+        &self,
+        commands: &[IngestCommand],
+        received_at_ms: i64,
+    ) -> Result<Vec<Result<IngestOutcome>>>;
+
+    async fn audience_stats(&self, audience_id: i64) -> Result<Option<AudienceStats>>;
+
+    /// Finds a person by Customer.io id, then cio_id (with or without the
+    /// `cio_` prefix), then email.
+    async fn find_person(&self, key: &str, history_limit: i64) -> Result<Option<PersonView>>;
+
+    // ---- delivery ----
+
+    /// Releases every lease (only for exclusive stores, at start).
+    async fn release_all_leases(&self) -> Result<()>;
+
+    /// Leases up to `max_rows` due rows of one (audience, op) group.
+    async fn claim_work(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        max_rows: usize,
+    ) -> Result<Option<WorkBatch>>;
+
+    /// The destination acknowledged these rows in the batch's op.
+    async fn ack_work(&self, batch: &WorkBatch, sync_ids: &[i64], now_ms: i64) -> Result<()>;
+
+    /// Returns rows to the queue, due again at `next_attempt_at`.
+    async fn retry_work(&self, sync_ids: &[i64], next_attempt_at: i64, error: &str) -> Result<()>;
+
+    /// Parks rows as dead letters with a reason.
+    async fn dead_letter_work(&self, sync_ids: &[i64], reason: &str, now_ms: i64) -> Result<()>;
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter, limit: i64) -> Result<Vec<DeadLetter>>;
+
+    /// Makes matching dead letters due again; returns how many.
+    async fn redrive(&self, filter: &DeadLetterFilter) -> Result<u64>;
+
+    async fn destination_audience_stats(
+        &self,
+        destination: &str,
+        audience_id: i64,
+    ) -> Result<DestinationAudienceStats>;
+
+    async fn pending_summary(&self, destination: &str) -> Result<PendingSummary>;
+
+    /// The destination's audience id koala created earlier, if any.
+    async fn destination_audience(
+        &self,
+        destination: &str,
+        audience_id: i64,
+    ) -> Result<Option<String>>;
+
+    async fn record_destination_audience(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        external_id: &str,
+        now_ms: i64,
+    ) -> Result<()>;
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// How a person is looked up when merging identities.
+pub(crate) fn identity_lookup_order(ids: &Identifiers) -> Vec<(&'static str, String)> {
+    let mut order = Vec::new();
+    if let Some(id) = &ids.id {
+        order.push(("customer_id", id.clone()));
+    }
+    if let Some(c) = &ids.cio_id {
+        order.push(("cio_id", c.clone()));
+    }
+    if let Some(e) = &ids.email {
+        order.push(("email", e.as_str().to_owned()));
+    }
+    if let Some(p) = &ids.phone {
+        order.push(("phone", p.e164().to_owned()));
+    }
+    order
+}

@@ -1,0 +1,938 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`, so a
+//! commit is on disk before koala answers. All writes go through one
+//! connection (SQLite has one writer anyway; this avoids lock upgrades),
+//! reads through a small pool that WAL lets run beside the writer.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+
+use super::*;
+use crate::audiences::membership::{decide, Decision, Source, Stamp};
+use crate::config::AudienceMode;
+use crate::customerio::reporting::SubscriptionChange;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
+        if let Some(dir) = Path::new(options.get_filename()).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Other(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+}
+
+fn ids_json(ids: &[i64]) -> String {
+    serde_json::to_string(ids).expect("ids serialize")
+}
+
+/// Finds the person these identifiers name, merging by id, then cio_id,
+/// then email, then phone; creates one when none matches.
+async fn upsert_person(
+    tx: &mut SqliteConnection,
+    ids: &Identifiers,
+    attributes: Option<&Map<String, Value>>,
+    occurred_at: i64,
+    now: i64,
+) -> Result<i64> {
+    let mut found: Option<(i64, Option<String>, Option<String>)> = None;
+    for (column, value) in identity_lookup_order(ids) {
+        let row = sqlx::query(&format!(
+            "SELECT person_id, customer_id, cio_id FROM people WHERE {column} = $1 ORDER BY person_id LIMIT 1"
+        ))
+        .bind(&value)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(r) = row {
+            let (pid, cid, cio): (i64, Option<String>, Option<String>) =
+                (r.get(0), r.get(1), r.get(2));
+            // Email and phone are weaker: never merge two different ids.
+            let weak = column == "email" || column == "phone";
+            let conflicts = weak
+                && (matches!((&ids.id, &cid), (Some(a), Some(b)) if a != b)
+                    || matches!((&ids.cio_id, &cio), (Some(a), Some(b)) if a != b));
+            if !conflicts {
+                found = Some((pid, cid, cio));
+                break;
+            }
+        }
+    }
+
+    let email = ids.email.as_ref().map(|e| e.as_str().to_owned());
+    let phone = ids.phone.as_ref().map(|p| p.e164().to_owned());
+    let Some((person_id, customer_id, cio_id)) = found else {
+        let attrs = attributes.cloned().unwrap_or_default();
+        let row = sqlx::query(
+            "INSERT INTO people (customer_id, cio_id, email, phone, attributes, profile_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING person_id",
+        )
+        .bind(&ids.id)
+        .bind(&ids.cio_id)
+        .bind(&email)
+        .bind(&phone)
+        .bind(Value::Object(attrs).to_string())
+        .bind(occurred_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        return Ok(row.get(0));
+    };
+
+    // Ids: cio_id is immutable, so a cio_id match with a new id means
+    // Customer.io gave the person a new id. Never steal another row's id.
+    let new_customer_id = match &ids.id {
+        Some(id) if customer_id.as_deref() != Some(id) && !taken(tx, "customer_id", id).await? => {
+            Some(id.clone())
+        }
+        _ => customer_id,
+    };
+    let new_cio_id = match (&ids.cio_id, &cio_id) {
+        (Some(c), None) if !taken(tx, "cio_id", c).await? => Some(c.clone()),
+        _ => cio_id,
+    };
+
+    let row =
+        sqlx::query("SELECT attributes, profile_at, email, phone FROM people WHERE person_id = $1")
+            .bind(person_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let stored_attrs: String = row.get(0);
+    let profile_at: i64 = row.get(1);
+    let stored_email: Option<String> = row.get(2);
+    let stored_phone: Option<String> = row.get(3);
+    let newer = occurred_at >= profile_at;
+    let mut attrs: Map<String, Value> = serde_json::from_str(&stored_attrs).unwrap_or_default();
+    if let Some(incoming) = attributes {
+        for (k, v) in incoming {
+            if newer || !attrs.contains_key(k) {
+                attrs.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let pick = |incoming: Option<String>, stored: Option<String>| {
+        if newer {
+            incoming.or(stored)
+        } else {
+            stored.or(incoming)
+        }
+    };
+    sqlx::query(
+        "UPDATE people SET customer_id = $2, cio_id = $3, email = $4, phone = $5, attributes = $6,
+                profile_at = $7, updated_at = $8 WHERE person_id = $1",
+    )
+    .bind(person_id)
+    .bind(new_customer_id)
+    .bind(new_cio_id)
+    .bind(pick(email, stored_email))
+    .bind(pick(phone, stored_phone))
+    .bind(Value::Object(attrs).to_string())
+    .bind(profile_at.max(occurred_at))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(person_id)
+}
+
+async fn taken(tx: &mut SqliteConnection, column: &str, value: &str) -> Result<bool> {
+    Ok(
+        sqlx::query(&format!("SELECT 1 FROM people WHERE {column} = $1"))
+            .bind(value)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Marks a delivery as seen; false when it was seen before.
+async fn first_delivery(tx: &mut SqliteConnection, key: &str, now: i64) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO received (dedupe_key, received_at) VALUES ($1, $2) ON CONFLICT (dedupe_key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_history(
+    tx: &mut SqliteConnection,
+    person_id: i64,
+    audience_id: Option<i64>,
+    source: &str,
+    kind: &str,
+    occurred_at: i64,
+    received_at: i64,
+    outcome: &str,
+    detail: Option<&Value>,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO events (person_id, audience_id, source, kind, occurred_at, received_at, outcome, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING event_id",
+    )
+    .bind(person_id)
+    .bind(audience_id)
+    .bind(source)
+    .bind(kind)
+    .bind(occurred_at)
+    .bind(received_at)
+    .bind(outcome)
+    .bind(detail.map(Value::to_string))
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(row.get(0))
+}
+
+/// A membership fact from any source, put through the one ordering rule.
+pub(super) struct MembershipFact<'a> {
+    pub audience: &'a AudienceDef,
+    pub person_id: i64,
+    pub is_member: bool,
+    pub stamp: Stamp,
+    pub source: Source,
+    pub received_at: i64,
+    pub detail: Option<Value>,
+}
+
+/// Applies one fact: history always; membership, audience count and
+/// desired sync states only when the fact is newer than what is stored.
+async fn apply_membership(
+    tx: &mut SqliteConnection,
+    fact: MembershipFact<'_>,
+) -> Result<AudienceOutcome> {
+    let current = sqlx::query(
+        "SELECT is_member, stamp_at, stamp_rank, stamp_key FROM memberships
+         WHERE audience_id = $1 AND person_id = $2",
+    )
+    .bind(fact.audience.id)
+    .bind(fact.person_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .map(|r| {
+        let is_member: bool = r.get(0);
+        let stamp = Stamp {
+            at_ms: r.get(1),
+            rank: r.get(2),
+            key: r.get(3),
+        };
+        (is_member, stamp)
+    });
+    let decision = decide(
+        current.as_ref().map(|(m, s)| (*m, s)),
+        fact.is_member,
+        &fact.stamp,
+    );
+    let kind = if fact.is_member { "entered" } else { "exited" };
+    let event_id = insert_history(
+        tx,
+        fact.person_id,
+        Some(fact.audience.id),
+        fact.source.as_str(),
+        kind,
+        fact.stamp.at_ms,
+        fact.received_at,
+        decision.outcome(),
+        fact.detail.as_ref(),
+    )
+    .await?;
+
+    let mut touched = Vec::new();
+    match decision {
+        Decision::Stale => {}
+        Decision::Confirm => {
+            // Same state, newer stamp: `since` stays.
+            sqlx::query(
+                "INSERT INTO memberships (audience_id, person_id, is_member, since, stamp_at, stamp_rank, stamp_key, event_id, updated_at)
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)
+                 ON CONFLICT (audience_id, person_id) DO UPDATE SET
+                   stamp_at = excluded.stamp_at, stamp_rank = excluded.stamp_rank,
+                   stamp_key = excluded.stamp_key, updated_at = excluded.updated_at",
+            )
+            .bind(fact.audience.id)
+            .bind(fact.person_id)
+            .bind(fact.is_member)
+            .bind(fact.stamp.at_ms)
+            .bind(fact.stamp.rank)
+            .bind(&fact.stamp.key)
+            .bind(event_id)
+            .bind(fact.received_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Decision::Change => {
+            sqlx::query(
+                "INSERT INTO memberships (audience_id, person_id, is_member, since, stamp_at, stamp_rank, stamp_key, event_id, updated_at)
+                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)
+                 ON CONFLICT (audience_id, person_id) DO UPDATE SET
+                   is_member = excluded.is_member, since = excluded.since,
+                   stamp_at = excluded.stamp_at, stamp_rank = excluded.stamp_rank,
+                   stamp_key = excluded.stamp_key, event_id = excluded.event_id,
+                   updated_at = excluded.updated_at",
+            )
+            .bind(fact.audience.id)
+            .bind(fact.person_id)
+            .bind(fact.is_member)
+            .bind(fact.stamp.at_ms)
+            .bind(fact.stamp.rank)
+            .bind(&fact.stamp.key)
+            .bind(event_id)
+            .bind(fact.received_at)
+            .execute(&mut *tx)
+            .await?;
+            let delta: i64 = if fact.is_member { 1 } else { -1 };
+            sqlx::query(
+                "UPDATE audiences SET member_count = member_count + $2, last_change_at = $3 WHERE audience_id = $1",
+            )
+            .bind(fact.audience.id)
+            .bind(delta)
+            .bind(fact.received_at)
+            .execute(&mut *tx)
+            .await?;
+            // Additive audiences never remove from destinations.
+            let send = fact.is_member || fact.audience.mode == AudienceMode::Mirror;
+            if send {
+                for destination in &fact.audience.destinations {
+                    set_desired(
+                        tx,
+                        destination,
+                        fact.audience.id,
+                        fact.person_id,
+                        fact.is_member,
+                        fact.stamp.at_ms,
+                        fact.received_at,
+                    )
+                    .await?;
+                    touched.push(destination.clone());
+                }
+            }
+        }
+    }
+    Ok(AudienceOutcome {
+        audience: fact.audience.name.clone(),
+        outcome: decision.outcome(),
+        destinations_touched: touched,
+    })
+}
+
+/// Sets the desired state; the row is pending while it differs from what
+/// the destination acknowledged (never-sent counts as "not a member", so an
+/// entry and exit before any send costs nothing). A new change supersedes a
+/// dead letter.
+async fn set_desired(
+    tx: &mut SqliteConnection,
+    destination: &str,
+    audience_id: i64,
+    person_id: i64,
+    desired: bool,
+    desired_at: i64,
+    received_at: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO sync_state (destination, audience_id, person_id, desired, desired_at, desired_received_at, pending)
+         VALUES ($1, $2, $3, $4, $5, $6, $4)
+         ON CONFLICT (destination, audience_id, person_id) DO UPDATE SET
+           desired = excluded.desired, desired_at = excluded.desired_at,
+           desired_received_at = excluded.desired_received_at,
+           version = sync_state.version + 1,
+           pending = (COALESCE(sync_state.acked, FALSE) <> excluded.desired),
+           next_attempt_at = 0, attempts = 0, dead_reason = NULL, dead_at = NULL",
+    )
+    .bind(destination)
+    .bind(audience_id)
+    .bind(person_id)
+    .bind(desired)
+    .bind(desired_at)
+    .bind(received_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn apply_command(
+    tx: &mut SqliteConnection,
+    command: &IngestCommand,
+    now: i64,
+) -> Result<IngestOutcome> {
+    match command {
+        IngestCommand::Segment { event, audiences } => {
+            let key = event.dedupe_key();
+            if !first_delivery(tx, &key, now).await? {
+                return Ok(IngestOutcome::Duplicate);
+            }
+            let person_id = upsert_person(
+                tx,
+                &event.identifiers,
+                Some(&event.attributes),
+                event.occurred_at_ms,
+                now,
+            )
+            .await?;
+            let detail = event
+                .campaign_id
+                .as_ref()
+                .map(|c| serde_json::json!({ "campaign_id": c }));
+            let mut outcomes = Vec::with_capacity(audiences.len());
+            for audience in audiences {
+                let is_member = event.action.is_member();
+                outcomes.push(
+                    apply_membership(
+                        tx,
+                        MembershipFact {
+                            audience,
+                            person_id,
+                            is_member,
+                            stamp: Stamp::new(
+                                event.occurred_at_ms,
+                                is_member,
+                                Source::SegmentWebhook,
+                                key.clone(),
+                            ),
+                            source: Source::SegmentWebhook,
+                            received_at: now,
+                            detail: detail.clone(),
+                        },
+                    )
+                    .await?,
+                );
+            }
+            Ok(IngestOutcome::Accepted {
+                person_id,
+                audiences: outcomes,
+            })
+        }
+        IngestCommand::Reporting(event) => {
+            if !first_delivery(tx, &event.dedupe_key(), now).await? {
+                return Ok(IngestOutcome::Duplicate);
+            }
+            let person_id =
+                upsert_person(tx, &event.identifiers, None, event.occurred_at_ms, now).await?;
+            let mut outcome = "recorded";
+            if let Some(change) = event.subscription_change() {
+                let subscribed = change == SubscriptionChange::Subscribed;
+                let done = sqlx::query(
+                    "UPDATE people SET subscribed = $2, subscription_at = $3, updated_at = $4
+                     WHERE person_id = $1 AND (subscription_at IS NULL OR subscription_at <= $3)",
+                )
+                .bind(person_id)
+                .bind(subscribed)
+                .bind(event.occurred_at_ms)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                outcome = if done.rows_affected() == 1 {
+                    "applied"
+                } else {
+                    "stale"
+                };
+            }
+            let detail = (!event.detail.is_empty()).then(|| Value::Object(event.detail.clone()));
+            insert_history(
+                tx,
+                person_id,
+                None,
+                "reporting_webhook",
+                &event.kind(),
+                event.occurred_at_ms,
+                now,
+                outcome,
+                detail.as_ref(),
+            )
+            .await?;
+            Ok(IngestOutcome::Accepted {
+                person_id,
+                audiences: Vec::new(),
+            })
+        }
+    }
+}
+
+fn person_record(r: &sqlx::sqlite::SqliteRow, offset: usize) -> PersonRecord {
+    let attrs: String = r.get(offset + 5);
+    PersonRecord {
+        person_id: r.get(offset),
+        customer_id: r.get(offset + 1),
+        cio_id: r.get(offset + 2),
+        email: r.get(offset + 3),
+        phone: r.get(offset + 4),
+        attributes: serde_json::from_str(&attrs).unwrap_or_default(),
+    }
+}
+
+const PERSON_COLUMNS: &str = "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes";
+
+fn filter_clause(filter: &DeadLetterFilter) -> (String, Vec<String>) {
+    // Returns extra WHERE text with $2.. placeholders and their values.
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    if let Some(d) = &filter.destination {
+        values.push(d.clone());
+        sql.push_str(&format!(" AND s.destination = ${}", values.len()));
+    }
+    if let Some(a) = filter.audience_id {
+        values.push(a.to_string());
+        sql.push_str(&format!(
+            " AND s.audience_id = CAST(${} AS INTEGER)",
+            values.len()
+        ));
+    }
+    (sql, values)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    fn is_exclusive(&self) -> bool {
+        true
+    }
+
+    async fn register_audiences(&self, defs: Vec<AudienceDef>) -> Result<Vec<AudienceDef>> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let mut out = Vec::with_capacity(defs.len());
+        for mut def in defs {
+            let row = sqlx::query(
+                "INSERT INTO audiences (name, segment_id, mode, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET segment_id = excluded.segment_id, mode = excluded.mode
+                 RETURNING audience_id",
+            )
+            .bind(&def.name)
+            .bind(def.segment_id)
+            .bind(def.mode.as_str())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            def.id = row.get(0);
+            out.push(def);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn apply_batch(
+        &self,
+        commands: &[IngestCommand],
+        received_at_ms: i64,
+    ) -> Result<Vec<Result<IngestOutcome>>> {
+        let mut tx = self.writer.begin().await?;
+        let mut results = Vec::with_capacity(commands.len());
+        for command in commands {
+            let mut sp = tx.begin().await?;
+            match apply_command(&mut sp, command, received_at_ms).await {
+                Ok(outcome) => {
+                    sp.commit().await?;
+                    results.push(Ok(outcome));
+                }
+                Err(e) => {
+                    sp.rollback().await?;
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    async fn audience_stats(&self, audience_id: i64) -> Result<Option<AudienceStats>> {
+        let Some(a) = sqlx::query(
+            "SELECT audience_id, name, segment_id, mode, last_change_at FROM audiences WHERE audience_id = $1",
+        )
+        .bind(audience_id)
+        .fetch_optional(&self.reader)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let c = sqlx::query(
+            "SELECT COUNT(*),
+                    COALESCE(SUM(CASE WHEN p.email IS NOT NULL THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN p.phone IS NOT NULL THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN p.email IS NULL AND p.phone IS NULL THEN 1 ELSE 0 END), 0)
+             FROM memberships m JOIN people p ON p.person_id = m.person_id
+             WHERE m.audience_id = $1 AND m.is_member",
+        )
+        .bind(audience_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Some(AudienceStats {
+            audience_id: a.get(0),
+            name: a.get(1),
+            segment_id: a.get(2),
+            mode: a.get(3),
+            last_change_at: a.get(4),
+            members: c.get(0),
+            with_email: c.get(1),
+            with_phone: c.get(2),
+            with_neither: c.get(3),
+        }))
+    }
+
+    async fn find_person(&self, key: &str, history_limit: i64) -> Result<Option<PersonView>> {
+        let bare_cio = key.strip_prefix("cio_").unwrap_or(key);
+        let email = key.trim().to_lowercase();
+        let row = sqlx::query(&format!(
+            "SELECT {PERSON_COLUMNS}, p.subscribed, p.subscription_at, p.created_at, p.updated_at
+             FROM people p WHERE p.customer_id = $1
+             UNION ALL SELECT {PERSON_COLUMNS}, p.subscribed, p.subscription_at, p.created_at, p.updated_at
+             FROM people p WHERE p.cio_id = $2
+             UNION ALL SELECT {PERSON_COLUMNS}, p.subscribed, p.subscription_at, p.created_at, p.updated_at
+             FROM people p WHERE p.email = $3
+             LIMIT 1"
+        ))
+        .bind(key)
+        .bind(bare_cio)
+        .bind(&email)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let record = person_record(&row, 0);
+        let pid = record.person_id;
+        let memberships = sqlx::query(
+            "SELECT a.name, m.is_member, m.since, m.stamp_at, m.event_id FROM memberships m
+             JOIN audiences a ON a.audience_id = m.audience_id WHERE m.person_id = $1 ORDER BY a.name",
+        )
+        .bind(pid)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| MembershipView {
+            audience: r.get(0),
+            is_member: r.get(1),
+            since: r.get(2),
+            last_event_at: r.get(3),
+            set_by_event: r.get(4),
+        })
+        .collect();
+        let history = sqlx::query(
+            "SELECT e.event_id, a.name, e.source, e.kind, e.occurred_at, e.received_at, e.outcome, e.detail
+             FROM events e LEFT JOIN audiences a ON a.audience_id = e.audience_id
+             WHERE e.person_id = $1 ORDER BY e.event_id DESC LIMIT $2",
+        )
+        .bind(pid)
+        .bind(history_limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| {
+            let detail: Option<String> = r.get(7);
+            HistoryEntry {
+                event_id: r.get(0),
+                audience: r.get(1),
+                source: r.get(2),
+                kind: r.get(3),
+                occurred_at: r.get(4),
+                received_at: r.get(5),
+                outcome: r.get(6),
+                detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+            }
+        })
+        .collect();
+        let sync = sqlx::query(
+            "SELECT s.destination, a.name, s.desired, s.acked, s.acked_at, s.pending, s.attempts, s.last_error, s.dead_reason
+             FROM sync_state s JOIN audiences a ON a.audience_id = s.audience_id
+             WHERE s.person_id = $1 ORDER BY s.destination, a.name",
+        )
+        .bind(pid)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| SyncStateView {
+            destination: r.get(0),
+            audience: r.get(1),
+            desired: r.get(2),
+            acknowledged: r.get(3),
+            acknowledged_at: r.get(4),
+            pending: r.get(5),
+            attempts: r.get(6),
+            last_error: r.get(7),
+            dead_letter: r.get(8),
+        })
+        .collect();
+        Ok(Some(PersonView {
+            record,
+            subscribed: row.get(6),
+            subscription_at: row.get(7),
+            created_at: row.get(8),
+            updated_at: row.get(9),
+            memberships,
+            history,
+            sync,
+        }))
+    }
+
+    async fn release_all_leases(&self) -> Result<()> {
+        sqlx::query("UPDATE sync_state SET lease_until = 0 WHERE lease_until <> 0")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_work(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        max_rows: usize,
+    ) -> Result<Option<WorkBatch>> {
+        let mut tx = self.writer.begin().await?;
+        // The group whose oldest due row is oldest goes first.
+        let group = sqlx::query(
+            "SELECT audience_id, desired FROM sync_state
+             WHERE destination = $1 AND pending AND dead_reason IS NULL
+               AND next_attempt_at <= $2 AND lease_until <= $2
+             ORDER BY desired_received_at, sync_id LIMIT 1",
+        )
+        .bind(destination)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(group) = group else {
+            return Ok(None);
+        };
+        let audience_id: i64 = group.get(0);
+        let desired: bool = group.get(1);
+        let rows = sqlx::query(&format!(
+            "SELECT s.sync_id, s.version, s.desired_at, s.desired_received_at, s.attempts, {PERSON_COLUMNS}
+             FROM sync_state s JOIN people p ON p.person_id = s.person_id
+             WHERE s.destination = $1 AND s.audience_id = $2 AND s.desired = $3
+               AND s.pending AND s.dead_reason IS NULL
+               AND s.next_attempt_at <= $4 AND s.lease_until <= $4
+             ORDER BY s.sync_id LIMIT $5"
+        ))
+        .bind(destination)
+        .bind(audience_id)
+        .bind(desired)
+        .bind(now_ms)
+        .bind(max_rows as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let items: Vec<WorkItem> = rows
+            .iter()
+            .map(|r| WorkItem {
+                sync_id: r.get(0),
+                version: r.get(1),
+                desired_at: r.get(2),
+                desired_received_at: r.get(3),
+                attempts: r.get(4),
+                person: person_record(r, 5),
+            })
+            .collect();
+        let ids: Vec<i64> = items.iter().map(|i| i.sync_id).collect();
+        sqlx::query("UPDATE sync_state SET lease_until = $1 WHERE sync_id IN (SELECT value FROM json_each($2))")
+            .bind(now_ms + lease_ms)
+            .bind(ids_json(&ids))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(WorkBatch {
+            destination: destination.to_owned(),
+            audience_id,
+            op: SyncOp::from_desired(desired),
+            items,
+        }))
+    }
+
+    async fn ack_work(&self, batch: &WorkBatch, sync_ids: &[i64], now_ms: i64) -> Result<()> {
+        if sync_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE sync_state SET acked = $1, acked_at = $2, lease_until = 0, attempts = 0,
+                    last_error = NULL, next_attempt_at = 0, pending = (desired <> $1)
+             WHERE sync_id IN (SELECT value FROM json_each($3))",
+        )
+        .bind(batch.op.desired())
+        .bind(now_ms)
+        .bind(ids_json(sync_ids))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn retry_work(&self, sync_ids: &[i64], next_attempt_at: i64, error: &str) -> Result<()> {
+        if sync_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE sync_state SET lease_until = 0, attempts = attempts + 1, next_attempt_at = $1, last_error = $2
+             WHERE sync_id IN (SELECT value FROM json_each($3))",
+        )
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(ids_json(sync_ids))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letter_work(&self, sync_ids: &[i64], reason: &str, now_ms: i64) -> Result<()> {
+        if sync_ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE sync_state SET lease_until = 0, attempts = attempts + 1, dead_reason = $1, dead_at = $2, last_error = $1
+             WHERE sync_id IN (SELECT value FROM json_each($3))",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(ids_json(sync_ids))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, filter: &DeadLetterFilter, limit: i64) -> Result<Vec<DeadLetter>> {
+        let (extra, values) = filter_clause(filter);
+        let sql = format!(
+            "SELECT s.sync_id, s.destination, a.name, s.person_id, p.customer_id, s.desired, s.dead_reason, s.dead_at, s.attempts
+             FROM sync_state s JOIN audiences a ON a.audience_id = s.audience_id
+             JOIN people p ON p.person_id = s.person_id
+             WHERE s.dead_reason IS NOT NULL{extra} ORDER BY s.dead_at DESC, s.sync_id LIMIT {limit}"
+        );
+        let mut q = sqlx::query(&sql);
+        for v in &values {
+            q = q.bind(v);
+        }
+        Ok(q.fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| DeadLetter {
+                sync_id: r.get(0),
+                destination: r.get(1),
+                audience: r.get(2),
+                person_id: r.get(3),
+                customer_id: r.get(4),
+                op: SyncOp::from_desired(r.get(5)),
+                reason: r.get(6),
+                dead_at: r.get(7),
+                attempts: r.get(8),
+            })
+            .collect())
+    }
+
+    async fn redrive(&self, filter: &DeadLetterFilter) -> Result<u64> {
+        let (extra, values) = filter_clause(filter);
+        let sql = format!(
+            "UPDATE sync_state SET dead_reason = NULL, dead_at = NULL, attempts = 0, next_attempt_at = 0
+             WHERE sync_id IN (SELECT s.sync_id FROM sync_state s WHERE s.dead_reason IS NOT NULL{extra})"
+        );
+        let mut q = sqlx::query(&sql);
+        for v in &values {
+            q = q.bind(v);
+        }
+        Ok(q.execute(&self.writer).await?.rows_affected())
+    }
+
+    async fn destination_audience_stats(
+        &self,
+        destination: &str,
+        audience_id: i64,
+    ) -> Result<DestinationAudienceStats> {
+        let r = sqlx::query(
+            "SELECT
+               COALESCE(SUM(CASE WHEN pending AND dead_reason IS NULL AND desired THEN 1 ELSE 0 END), 0),
+               COALESCE(SUM(CASE WHEN pending AND dead_reason IS NULL AND NOT desired THEN 1 ELSE 0 END), 0),
+               COALESCE(SUM(CASE WHEN acked THEN 1 ELSE 0 END), 0),
+               COALESCE(SUM(CASE WHEN dead_reason IS NOT NULL THEN 1 ELSE 0 END), 0),
+               MAX(acked_at)
+             FROM sync_state WHERE destination = $1 AND audience_id = $2",
+        )
+        .bind(destination)
+        .bind(audience_id)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(DestinationAudienceStats {
+            pending_adds: r.get(0),
+            pending_removes: r.get(1),
+            acknowledged_members: r.get(2),
+            dead_letters: r.get(3),
+            last_success_at: r.get(4),
+        })
+    }
+
+    async fn pending_summary(&self, destination: &str) -> Result<PendingSummary> {
+        let r = sqlx::query(
+            "SELECT COUNT(*), MIN(desired_received_at) FROM sync_state
+             WHERE destination = $1 AND pending AND dead_reason IS NULL",
+        )
+        .bind(destination)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(PendingSummary {
+            pending: r.get(0),
+            oldest_received_at: r.get(1),
+        })
+    }
+
+    async fn destination_audience(
+        &self,
+        destination: &str,
+        audience_id: i64,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query(
+            "SELECT external_id FROM destination_audiences WHERE destination = $1 AND audience_id = $2",
+        )
+        .bind(destination)
+        .bind(audience_id)
+        .fetch_optional(&self.writer)
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    async fn record_destination_audience(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        external_id: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO destination_audiences (destination, audience_id, external_id, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (destination, audience_id) DO UPDATE SET external_id = excluded.external_id",
+        )
+        .bind(destination)
+        .bind(audience_id)
+        .bind(external_id)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+}
