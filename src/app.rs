@@ -1,1 +1,146 @@
+//! Assembles koala: store, catalog, ingest writer, delivery engine and the
+//! HTTP router, served on a listener the caller binds (tests bind port 0
+//! and run many apps in one process).
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::audiences::Catalog;
+use crate::config::Config;
+use crate::delivery::{Engine, Wakers};
+use crate::destinations::{self, Destination};
+use crate::http::{self, AppState};
+use crate::ingest::Ingestor;
+use crate::store::Store;
+
+/// A running koala. Dropping it does not stop it: call [`RunningApp::shutdown`].
+pub struct RunningApp {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+    engine: Arc<Engine>,
+    state: AppState,
+}
+
+impl RunningApp {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Graceful stop: no new webhooks, requests in flight answered,
+    /// destination calls in flight finished within the grace period.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.server.await??;
+        self.engine.shutdown().await;
+        Ok(())
+    }
+
+    /// Hard stop for tests that simulate a crash: abort everything at once.
+    pub fn abort(self) {
+        self.server.abort();
+        self.stop.cancel();
+    }
+
+    /// Waits until the server ends (after `stop` is triggered elsewhere).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.server.await??;
+        self.engine.shutdown().await;
+        Ok(())
+    }
+
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// Starts koala on `listener` with `store`, using `destinations` (built
+/// from config when `None`; tests may pass their own).
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<RunningApp> {
+    let destinations = config
+        .destinations
+        .iter()
+        .map(destinations::build)
+        .collect::<anyhow::Result<Vec<Arc<dyn Destination>>>>()?;
+    start_with(config, listener, store, destinations).await
+}
+
+pub async fn start_with(
+    config: Config,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    destinations: Vec<Arc<dyn Destination>>,
+) -> anyhow::Result<RunningApp> {
+    let metrics = crate::metrics::install();
+    let catalog = Catalog::new(
+        store
+            .register_audiences(Catalog::defs_from_config(&config))
+            .await?,
+    );
+    let wakers = Wakers::new(destinations.iter().map(|d| d.name()));
+    let configured_ids: HashMap<(String, String), String> = config
+        .audiences
+        .iter()
+        .flat_map(|a| {
+            a.sync.iter().filter_map(move |s| {
+                s.audience_id
+                    .clone()
+                    .map(|id| ((s.destination.clone(), a.name.clone()), id))
+            })
+        })
+        .collect();
+    let engine = Arc::new(
+        Engine::start(
+            store.clone(),
+            catalog.clone(),
+            destinations,
+            configured_ids,
+            wakers.clone(),
+            config.server.shutdown_grace,
+        )
+        .await?,
+    );
+    let ingestor = Ingestor::start(store.clone(), wakers);
+    let state = AppState {
+        config: Arc::new(config),
+        catalog,
+        store,
+        ingestor,
+        engine: engine.clone(),
+        metrics,
+    };
+    let router = http::router(state.clone());
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, "koala listening");
+    Ok(RunningApp {
+        addr,
+        stop,
+        server,
+        engine,
+        state,
+    })
+}

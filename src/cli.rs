@@ -1,1 +1,130 @@
+//! The `koala` command line.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "koala",
+    version,
+    about = "Keeps ad-platform and warehouse audiences in step with Customer.io segments",
+    long_about = "koala receives Customer.io segment and reporting webhooks, keeps audience \
+membership durably and in Customer.io's event order, and pushes add/remove updates to \
+destinations such as Meta Custom Audiences in batches, within their limits.\n\n\
+Configuration is a TOML file; any key can be overridden by an environment variable \
+KOALA_<SECTION>__<KEY> (for example KOALA_SERVER__LISTEN=0.0.0.0:8080), and secrets can be \
+written as ${ENV_VAR} references."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: webhooks in, admin API, delivery to destinations.
+    Serve {
+        /// Path to the TOML config file.
+        #[arg(long, short, env = "KOALA_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print every problem with its key; exit 1 on error.
+    Check {
+        #[arg(long, short, env = "KOALA_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => serve(&config),
+    }
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+        for p in &errors.0 {
+            eprintln!("  - {p}");
+        }
+        ExitCode::from(1)
+    })
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} audience(s), {} destination(s), store {})",
+                path.display(),
+                c.audiences.len(),
+                c.destinations.len(),
+                c.store.url
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KOALA_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,sqlx=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+fn serve(path: &PathBuf) -> ExitCode {
+    init_tracing();
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(serve_async(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("koala: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve_async(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let store = crate::store::open(&config.store.url)
+        .await
+        .with_context(|| format!("opening store {}", config.store.url))?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+    let app = crate::app::start(config, listener, store).await?;
+    let stop = app.stop_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new webhooks, finishing deliveries in flight");
+        stop.cancel();
+    });
+    app.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,5 +1,12 @@
 //! The delivery engine: one dispatcher per destination turns pending
-//! (desired ≠ acknowledged) rows into batched destination calls.
+//! (desired ≠ acknowledged) rows into batched destination calls, within
+//! the destination's concurrency and rate limits, and records each answer.
+
+mod backoff;
+mod dispatcher;
+mod engine;
+
+pub use engine::{DestinationStatus, Engine};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,7 +37,16 @@ impl Wakers {
         }
     }
 
-    pub fn notifier(&self, destination: &str) -> Option<Arc<Notify>> {
-        self.by_destination.get(destination).cloned()
+    pub fn wake_all(&self) {
+        for n in self.by_destination.values() {
+            n.notify_one();
+        }
+    }
+
+    pub(crate) fn notifier(&self, destination: &str) -> Arc<Notify> {
+        self.by_destination
+            .get(destination)
+            .cloned()
+            .unwrap_or_default()
     }
 }

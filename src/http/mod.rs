@@ -1,1 +1,120 @@
+//! The HTTP surface: Customer.io webhooks, the admin API, health and
+//! metrics. Every route is listed in `openapi.yaml`; a test keeps the two
+//! in agreement.
 
+mod admin;
+mod error;
+mod webhooks;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+pub use error::ApiError;
+
+use crate::audiences::Catalog;
+use crate::config::Config;
+use crate::delivery::Engine;
+use crate::ingest::Ingestor;
+use crate::store::Store;
+
+/// Everything a request handler may need.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub catalog: Catalog,
+    pub store: Arc<dyn Store>,
+    pub ingestor: Ingestor,
+    pub engine: Arc<Engine>,
+    pub metrics: PrometheusHandle,
+}
+
+/// Every (method, path) the router serves, as written in openapi.yaml.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/webhooks/customerio/segments"),
+    ("POST", "/webhooks/customerio/reporting"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/audiences"),
+    ("GET", "/v1/audiences/{name}"),
+    ("GET", "/v1/people/{id}"),
+    ("GET", "/v1/destinations"),
+    ("POST", "/v1/destinations/{name}/resume"),
+    ("GET", "/v1/dead-letters"),
+    ("POST", "/v1/dead-letters/redrive"),
+];
+
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/v1/audiences", get(admin::list_audiences))
+        .route("/v1/audiences/{name}", get(admin::get_audience))
+        .route("/v1/people/{id}", get(admin::get_person))
+        .route("/v1/destinations", get(admin::list_destinations))
+        .route(
+            "/v1/destinations/{name}/resume",
+            post(admin::resume_destination),
+        )
+        .route("/v1/dead-letters", get(admin::list_dead_letters))
+        .route(
+            "/v1/dead-letters/redrive",
+            post(admin::redrive_dead_letters),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/webhooks/customerio/segments", post(webhooks::segments))
+        .route("/webhooks/customerio/reporting", post(webhooks::reporting))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(ready))
+        .route("/metrics", get(render_metrics))
+        .merge(admin)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let expected = state.config.server.admin_token.expose().as_bytes();
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::as_bytes);
+    match given {
+        Some(token) if bool::from(token.ct_eq(expected)) => next.run(request).await,
+        Some(_) => ApiError::Unauthorized("invalid admin token".into()).into_response(),
+        None => ApiError::Unauthorized(
+            "missing bearer token (Authorization: Bearer <admin_token>)".into(),
+        )
+        .into_response(),
+    }
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => ApiError::Unavailable(e.to_string()).into_response(),
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -247,6 +247,10 @@ pub trait Store: Send + Sync + 'static {
         received_at_ms: i64,
     ) -> Result<Vec<Result<IngestOutcome>>>;
 
+    /// (audience name, member count) for every audience, from the running
+    /// count kept in the same transaction as each change.
+    async fn member_counts(&self) -> Result<Vec<(String, i64)>>;
+
     async fn audience_stats(&self, audience_id: i64) -> Result<Option<AudienceStats>>;
 
     /// Finds a person by Customer.io id, then cio_id (with or without the

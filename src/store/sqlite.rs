@@ -570,6 +570,17 @@ impl Store for SqliteStore {
         Ok(results)
     }
 
+    async fn member_counts(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query("SELECT name, member_count FROM audiences ORDER BY name")
+                .fetch_all(&self.reader)
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+        )
+    }
+
     async fn audience_stats(&self, audience_id: i64) -> Result<Option<AudienceStats>> {
         let Some(a) = sqlx::query(
             "SELECT audience_id, name, segment_id, mode, last_change_at FROM audiences WHERE audience_id = $1",
@@ -807,7 +818,11 @@ impl Store for SqliteStore {
             return Ok(());
         }
         sqlx::query(
-            "UPDATE sync_state SET lease_until = 0, attempts = attempts + 1, dead_reason = $1, dead_at = $2, last_error = $1
+            // A row whose desired state changed back while in flight has
+            // nothing left to deliver: it is not a dead letter.
+            "UPDATE sync_state SET lease_until = 0, attempts = attempts + 1, last_error = $1,
+                    dead_reason = CASE WHEN pending THEN $1 ELSE NULL END,
+                    dead_at = CASE WHEN pending THEN $2 ELSE NULL END
              WHERE sync_id IN (SELECT value FROM json_each($3))",
         )
         .bind(reason)

@@ -1,0 +1,264 @@
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::full_jitter;
+use super::engine::Control;
+use crate::audiences::Catalog;
+use crate::destinations::{Destination, SendOutcome, UNMATCHED};
+use crate::store::{now_ms, Store, WorkBatch};
+
+/// How long a claimed batch stays leased; longer than any request.
+const LEASE: Duration = Duration::from_secs(300);
+
+pub(super) struct Dispatcher {
+    pub destination: Arc<dyn Destination>,
+    pub store: Arc<dyn Store>,
+    pub catalog: Catalog,
+    pub control: Arc<Control>,
+    pub wake: Arc<Notify>,
+    pub cancel: CancellationToken,
+    /// koala audience id → platform audience id (configured or created).
+    pub audience_ids: Arc<tokio::sync::Mutex<HashMap<i64, String>>>,
+    pub grace: Duration,
+}
+
+impl Dispatcher {
+    /// Claims work only when the destination has capacity (a concurrency
+    /// permit and a rate-limit token), so while it is busy rows accumulate
+    /// in the store and leave together in full batches, and when it is idle
+    /// a change leaves at once.
+    pub async fn run(self) {
+        let limits = self.destination.limits();
+        let name = self.destination.name().to_owned();
+        let permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+        let limiter = Arc::new(rate_limiter(limits.requests_per_second));
+        let idle_poll = Duration::from_secs_f64((1.0 / limits.requests_per_second).max(1.0));
+        let this = Arc::new(self);
+        let mut last_was_full = false;
+
+        loop {
+            if this.cancel.is_cancelled() {
+                break;
+            }
+            if this.control.snapshot().paused {
+                tokio::select! {
+                    _ = this.control.resumed.notified() => continue,
+                    _ = this.cancel.cancelled() => break,
+                }
+            }
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("semaphore open"),
+                _ = this.cancel.cancelled() => break,
+            };
+            tokio::select! {
+                _ = limiter.until_ready() => {}
+                _ = this.cancel.cancelled() => break,
+            }
+            if !limits.min_linger.is_zero() && !last_was_full {
+                tokio::select! {
+                    _ = tokio::time::sleep(limits.min_linger) => {}
+                    _ = this.cancel.cancelled() => break,
+                }
+            }
+            let claimed = this
+                .store
+                .claim_work(&name, now_ms(), LEASE.as_millis() as i64, limits.max_batch)
+                .await;
+            match claimed {
+                Ok(Some(batch)) => {
+                    last_was_full = batch.items.len() >= limits.max_batch;
+                    let this = this.clone();
+                    tokio::spawn(async move { this.deliver(batch, permit).await });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    last_was_full = false;
+                    tokio::select! {
+                        _ = this.wake.notified() => {}
+                        _ = tokio::time::sleep(idle_poll) => {}
+                        _ = this.cancel.cancelled() => break,
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::error!(destination = %name, error = %e, "claiming work failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = this.cancel.cancelled() => break,
+                    }
+                }
+            }
+        }
+        // Wait for requests in flight, within the grace period.
+        let all = limits.concurrency.max(1) as u32;
+        if tokio::time::timeout(this.grace, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(destination = %name, "requests still in flight at shutdown; their rows are retried at next start");
+        }
+    }
+
+    async fn deliver(&self, batch: WorkBatch, _permit: OwnedSemaphorePermit) {
+        if let Err(e) = self.try_deliver(&batch).await {
+            // The store failed: the lease expires (or is released at the
+            // next start) and the rows are sent again.
+            tracing::error!(destination = %batch.destination, error = %e, "recording a delivery result failed");
+        }
+    }
+
+    async fn try_deliver(&self, batch: &WorkBatch) -> Result<(), crate::store::StoreError> {
+        let name = batch.destination.as_str();
+        let dest = &self.destination;
+        let (people, unmatched): (Vec<_>, Vec<_>) = batch
+            .items
+            .iter()
+            .partition(|i| dest.can_address(&i.person));
+        if !unmatched.is_empty() {
+            // Nothing to send for them; acknowledging keeps them out of the
+            // queue, and the count explains an underfilled audience.
+            let ids: Vec<i64> = unmatched.iter().map(|i| i.sync_id).collect();
+            self.store.ack_work(batch, &ids, now_ms()).await?;
+            metrics::counter!("koala_destination_unmatched_total", "destination" => name.to_owned())
+                .increment(ids.len() as u64);
+            tracing::debug!(destination = name, count = ids.len(), "{UNMATCHED}");
+        }
+        if people.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = people.iter().map(|i| i.sync_id).collect();
+
+        let outcome = match self.platform_audience(batch.audience_id).await {
+            Ok(external) => {
+                let records: Vec<_> = people.iter().map(|i| i.person.clone()).collect();
+                metrics::histogram!("koala_destination_batch_size", "destination" => name.to_owned(), "op" => batch.op.as_str())
+                    .record(records.len() as f64);
+                let started = Instant::now();
+                let outcome = dest.send(&external, batch.op, &records).await;
+                metrics::histogram!("koala_destination_request_seconds", "destination" => name.to_owned(), "outcome" => outcome.class())
+                    .record(started.elapsed().as_secs_f64());
+                outcome
+            }
+            Err(outcome) => outcome,
+        };
+        metrics::counter!("koala_destination_requests_total", "destination" => name.to_owned(), "op" => batch.op.as_str(), "outcome" => outcome.class())
+            .increment(1);
+
+        let now = now_ms();
+        match outcome {
+            SendOutcome::Success { invalid, .. } => {
+                self.store.ack_work(batch, &ids, now).await?;
+                if invalid > 0 {
+                    metrics::counter!("koala_destination_invalid_entries_total", "destination" => name.to_owned())
+                        .increment(invalid as u64);
+                }
+                for item in &people {
+                    metrics::histogram!("koala_delivery_event_to_ack_seconds", "destination" => name.to_owned())
+                        .record((now - item.desired_at).max(0) as f64 / 1000.0);
+                    metrics::histogram!("koala_delivery_receipt_to_ack_seconds", "destination" => name.to_owned())
+                        .record((now - item.desired_received_at).max(0) as f64 / 1000.0);
+                }
+                let mut s = self.control.status.lock().expect("status lock");
+                s.last_success_at = Some(now);
+            }
+            SendOutcome::RetryLater { after, reason } => {
+                let limits = dest.limits();
+                let attempts = people.iter().map(|i| i.attempts).max().unwrap_or(0);
+                let delay = after.unwrap_or_else(|| {
+                    full_jitter(attempts, limits.base_backoff, limits.max_backoff)
+                });
+                self.store
+                    .retry_work(&ids, now + delay.as_millis() as i64, &reason)
+                    .await?;
+                metrics::counter!("koala_destination_retries_total", "destination" => name.to_owned())
+                    .increment(ids.len() as u64);
+                tracing::warn!(destination = name, rows = ids.len(), retry_in_ms = delay.as_millis() as u64, %reason, "destination asked to retry later");
+                self.note_error(&reason, now);
+            }
+            SendOutcome::Permanent { reason } => {
+                self.store.dead_letter_work(&ids, &reason, now).await?;
+                metrics::counter!("koala_dead_letters_total", "destination" => name.to_owned())
+                    .increment(ids.len() as u64);
+                tracing::error!(destination = name, rows = ids.len(), %reason, "rows dead-lettered");
+                self.note_error(&reason, now);
+            }
+            SendOutcome::DestinationDown { reason } => {
+                // Keep the work; it is due again as soon as someone resumes.
+                self.store.retry_work(&ids, now, &reason).await?;
+                tracing::error!(destination = name, %reason, "destination paused");
+                self.note_error(&reason, now);
+                let mut s = self.control.status.lock().expect("status lock");
+                s.paused = true;
+                s.paused_reason = Some(reason);
+                s.paused_at = Some(now);
+                metrics::gauge!("koala_destination_paused", "destination" => name.to_owned())
+                    .set(1.0);
+            }
+        }
+        Ok(())
+    }
+
+    fn note_error(&self, reason: &str, now: i64) {
+        let mut s = self.control.status.lock().expect("status lock");
+        s.last_error = Some(reason.to_owned());
+        s.last_error_at = Some(now);
+    }
+
+    /// The platform audience for a koala audience: configured, recorded
+    /// from an earlier run, or created now (once; the id is recorded before
+    /// anything is sent to it, so a restart reuses it).
+    async fn platform_audience(&self, audience_id: i64) -> Result<String, SendOutcome> {
+        let mut ids = self.audience_ids.lock().await;
+        if let Some(id) = ids.get(&audience_id) {
+            return Ok(id.clone());
+        }
+        let name = self.destination.name();
+        let store_err = |e: crate::store::StoreError| SendOutcome::RetryLater {
+            after: Some(Duration::from_secs(1)),
+            reason: format!("store: {e}"),
+        };
+        if let Some(id) = self
+            .store
+            .destination_audience(name, audience_id)
+            .await
+            .map_err(store_err)?
+        {
+            ids.insert(audience_id, id.clone());
+            return Ok(id);
+        }
+        let audience =
+            self.catalog
+                .by_id(audience_id)
+                .cloned()
+                .ok_or_else(|| SendOutcome::Permanent {
+                    reason: format!("audience {audience_id} is no longer configured"),
+                })?;
+        let id = self.destination.create_audience(&audience).await?;
+        self.store
+            .record_destination_audience(name, audience_id, &id, now_ms())
+            .await
+            .map_err(store_err)?;
+        tracing::info!(destination = name, audience = %audience.name, platform_audience_id = %id, "created platform audience");
+        ids.insert(audience_id, id.clone());
+        Ok(id)
+    }
+}
+
+fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
+    let per_second = if per_second.is_finite() && per_second > 0.0 {
+        per_second
+    } else {
+        1.0
+    };
+    let period = Duration::from_secs_f64(1.0 / per_second);
+    let quota = Quota::with_period(period)
+        .expect("non-zero period")
+        .allow_burst(NonZeroU32::new(1).expect("1 > 0"));
+    RateLimiter::direct(quota)
+}

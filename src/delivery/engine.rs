@@ -1,0 +1,183 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::dispatcher::Dispatcher;
+use super::Wakers;
+use crate::audiences::Catalog;
+use crate::destinations::Destination;
+use crate::store::Store;
+
+/// What the admin API shows of a destination.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestinationStatus {
+    pub paused: bool,
+    pub paused_reason: Option<String>,
+    pub paused_at: Option<i64>,
+    pub last_success_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+}
+
+/// Shared between a dispatcher and the admin API.
+#[derive(Default)]
+pub(crate) struct Control {
+    pub status: Mutex<DestinationStatus>,
+    pub resumed: tokio::sync::Notify,
+}
+
+impl Control {
+    pub fn snapshot(&self) -> DestinationStatus {
+        self.status.lock().expect("status lock").clone()
+    }
+}
+
+/// Runs one dispatcher per destination until shut down.
+pub struct Engine {
+    controls: HashMap<String, Arc<Control>>,
+    wakers: Wakers,
+    cancel: CancellationToken,
+    tasks: Mutex<Option<JoinSet<()>>>,
+    grace: Duration,
+}
+
+impl Engine {
+    /// `configured_ids` maps (destination, audience name) to the platform
+    /// audience id given in config, if any.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        catalog: Catalog,
+        destinations: Vec<Arc<dyn Destination>>,
+        configured_ids: HashMap<(String, String), String>,
+        wakers: Wakers,
+        grace: Duration,
+    ) -> anyhow::Result<Engine> {
+        if store.is_exclusive() {
+            // Leases left by a killed run: nobody else can hold them.
+            store.release_all_leases().await?;
+        }
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut controls = HashMap::new();
+        for destination in destinations {
+            let name = destination.name().to_owned();
+            let control = Arc::new(Control::default());
+            metrics::gauge!("koala_destination_paused", "destination" => name.clone()).set(0.0);
+            let audience_ids = catalog
+                .all()
+                .iter()
+                .filter_map(|a| {
+                    configured_ids
+                        .get(&(name.clone(), a.name.clone()))
+                        .map(|ext| (a.id, ext.clone()))
+                })
+                .collect();
+            let dispatcher = Dispatcher {
+                destination,
+                store: store.clone(),
+                catalog: catalog.clone(),
+                control: control.clone(),
+                wake: wakers.notifier(&name),
+                cancel: cancel.clone(),
+                audience_ids: Arc::new(tokio::sync::Mutex::new(audience_ids)),
+                grace,
+            };
+            tasks.spawn(dispatcher.run());
+            controls.insert(name, control);
+        }
+        tasks.spawn(gauge_loop(
+            store,
+            controls.keys().cloned().collect(),
+            cancel.clone(),
+        ));
+        Ok(Engine {
+            controls,
+            wakers,
+            cancel,
+            tasks: Mutex::new(Some(tasks)),
+            grace,
+        })
+    }
+
+    pub fn destinations(&self) -> Vec<String> {
+        let mut names: Vec<_> = self.controls.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub fn status(&self, destination: &str) -> Option<DestinationStatus> {
+        self.controls.get(destination).map(|c| c.snapshot())
+    }
+
+    /// Resumes a paused destination; false when there is no such one.
+    pub fn resume(&self, destination: &str) -> bool {
+        let Some(control) = self.controls.get(destination) else {
+            return false;
+        };
+        {
+            let mut s = control.status.lock().expect("status lock");
+            s.paused = false;
+            s.paused_reason = None;
+            s.paused_at = None;
+        }
+        metrics::gauge!("koala_destination_paused", "destination" => destination.to_owned())
+            .set(0.0);
+        control.resumed.notify_waiters();
+        self.wakers.wake(destination);
+        true
+    }
+
+    /// Wakes every dispatcher (after a redrive, say).
+    pub fn wake_all(&self) {
+        self.wakers.wake_all();
+    }
+
+    /// Stops claiming work and waits (up to the grace period) for requests
+    /// in flight. Rows still leased are released at the next start.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let tasks = self.tasks.lock().expect("tasks lock").take();
+        if let Some(mut tasks) = tasks {
+            let drained = tokio::time::timeout(self.grace + Duration::from_secs(1), async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("delivery did not finish within the shutdown grace period");
+                tasks.abort_all();
+            }
+        }
+    }
+}
+
+/// Keeps the pending and audience-size gauges fresh.
+async fn gauge_loop(store: Arc<dyn Store>, destinations: Vec<String>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::store::now_ms();
+        for d in &destinations {
+            if let Ok(s) = store.pending_summary(d).await {
+                metrics::gauge!("koala_destination_pending", "destination" => d.clone())
+                    .set(s.pending as f64);
+                let age = s
+                    .oldest_received_at
+                    .map(|t| (now - t).max(0) as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                metrics::gauge!("koala_destination_oldest_pending_seconds", "destination" => d.clone()).set(age);
+            }
+        }
+        if let Ok(counts) = store.member_counts().await {
+            for (audience, n) in counts {
+                metrics::gauge!("koala_audience_members", "audience" => audience).set(n as f64);
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The admin API (`/v1/*`, bearer `admin_token`). Emails, phones and
+//! name-like attributes are masked in every answer.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{ApiError, AppState};
+use crate::audiences::AudienceDef;
+use crate::identity::{mask_text, Email, Phone};
+use crate::store::{DeadLetterFilter, PersonView};
+
+const HISTORY_LIMIT: i64 = 200;
+
+pub async fn list_audiences(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for a in state.catalog.all() {
+        out.push(audience_json(&state, a).await?);
+    }
+    Ok(Json(json!({ "audiences": out })))
+}
+
+pub async fn get_audience(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let audience = state
+        .catalog
+        .by_name(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no audience named {name:?}")))?
+        .clone();
+    Ok(Json(audience_json(&state, &audience).await?))
+}
+
+async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiError> {
+    let stats =
+        state.store.audience_stats(a.id).await?.ok_or_else(|| {
+            ApiError::Internal(format!("audience {} missing from the store", a.name))
+        })?;
+    let mut destinations = Vec::new();
+    for d in &a.destinations {
+        let s = state.store.destination_audience_stats(d, a.id).await?;
+        let status = state.engine.status(d).unwrap_or_default();
+        let platform_id = state
+            .store
+            .destination_audience(d, a.id)
+            .await?
+            .or_else(|| {
+                state
+                    .config
+                    .audience(&a.name)
+                    .and_then(|c| c.sync.iter().find(|t| &t.destination == d))
+                    .and_then(|t| t.audience_id.clone())
+            });
+        destinations.push(json!({
+            "destination": d,
+            "platform_audience_id": platform_id,
+            "pending_adds": s.pending_adds,
+            "pending_removes": s.pending_removes,
+            "acknowledged_members": s.acknowledged_members,
+            "dead_letters": s.dead_letters,
+            "paused": status.paused,
+            "paused_reason": status.paused_reason,
+            "last_success_at": s.last_success_at.or(status.last_success_at),
+            "last_error": status.last_error,
+            "last_error_at": status.last_error_at,
+        }));
+    }
+    Ok(json!({
+        "name": a.name,
+        "segment_id": a.segment_id,
+        "mode": a.mode.as_str(),
+        "members": stats.members,
+        "identifier_coverage": {
+            "with_email": stats.with_email,
+            "with_phone": stats.with_phone,
+            "with_neither": stats.with_neither,
+        },
+        "last_change_at": stats.last_change_at,
+        "destinations": destinations,
+    }))
+}
+
+pub async fn get_person(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let person = state
+        .store
+        .find_person(&id, HISTORY_LIMIT)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no person with that id, cio_id or email".into()))?;
+    Ok(Json(person_json(person)))
+}
+
+/// Attribute names whose values are personal data.
+fn is_personal(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "name", "email", "phone", "address", "street", "birth", "dob", "zip", "postal",
+    ]
+    .iter()
+    .any(|p| k.contains(p))
+}
+
+fn mask_attributes(attrs: Map<String, Value>) -> Map<String, Value> {
+    attrs
+        .into_iter()
+        .map(|(k, v)| {
+            let masked = match (&v, is_personal(&k)) {
+                (Value::String(s), true) => Value::String(mask_text(s)),
+                (Value::Null, _) | (_, false) => v,
+                (_, true) => Value::String("***".into()),
+            };
+            (k, masked)
+        })
+        .collect()
+}
+
+fn person_json(p: PersonView) -> Value {
+    let r = p.record;
+    let email = r.email.as_deref().map(|e| {
+        Email::parse(e)
+            .map(|e| e.masked())
+            .unwrap_or_else(|_| "***".into())
+    });
+    let phone = r.phone.as_deref().map(|e| {
+        Phone::parse(e)
+            .map(|p| p.masked())
+            .unwrap_or_else(|_| "***".into())
+    });
+    json!({
+        "person_id": r.person_id,
+        "identifiers": { "id": r.customer_id, "cio_id": r.cio_id, "email": email, "phone": phone },
+        "attributes": mask_attributes(r.attributes),
+        "subscription": { "subscribed": p.subscribed, "changed_at": p.subscription_at },
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+        "memberships": p.memberships,
+        "destinations": p.sync,
+        "history": p.history,
+    })
+}
+
+pub async fn list_destinations(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut out = Vec::new();
+    for d in &state.config.destinations {
+        let name = d.name();
+        let pending = state.store.pending_summary(name).await?;
+        out.push(json!({
+            "name": name,
+            "type": d.type_name(),
+            "status": state.engine.status(name).unwrap_or_default(),
+            "pending": pending.pending,
+            "oldest_pending_received_at": pending.oldest_received_at,
+        }));
+    }
+    Ok(Json(json!({ "destinations": out })))
+}
+
+pub async fn resume_destination(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.engine.resume(&name) {
+        return Err(ApiError::NotFound(format!("no destination named {name:?}")));
+    }
+    tracing::info!(destination = %name, "destination resumed by admin");
+    Ok(Json(json!({ "status": "resumed", "destination": name })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQuery {
+    destination: Option<String>,
+    audience: Option<String>,
+    limit: Option<i64>,
+}
+
+fn dead_letter_filter(
+    state: &AppState,
+    destination: Option<String>,
+    audience: Option<String>,
+) -> Result<DeadLetterFilter, ApiError> {
+    if let Some(d) = &destination {
+        if !state.config.destinations.iter().any(|c| c.name() == d) {
+            return Err(ApiError::NotFound(format!("no destination named {d:?}")));
+        }
+    }
+    let audience_id = match &audience {
+        Some(name) => Some(
+            state
+                .catalog
+                .by_name(name)
+                .ok_or_else(|| ApiError::NotFound(format!("no audience named {name:?}")))?
+                .id,
+        ),
+        None => None,
+    };
+    Ok(DeadLetterFilter {
+        destination,
+        audience_id,
+    })
+}
+
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit: must be between 1 and 10000".into(),
+        ));
+    }
+    let filter = dead_letter_filter(&state, q.destination, q.audience)?;
+    let rows = state.store.dead_letters(&filter, limit).await?;
+    Ok(Json(json!({ "dead_letters": rows })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    destination: Option<String>,
+    audience: Option<String>,
+}
+
+pub async fn redrive_dead_letters(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: RedriveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RedriveRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid redrive body: {e}")))?
+    };
+    let filter = dead_letter_filter(&state, req.destination, req.audience)?;
+    let n = state.store.redrive(&filter).await?;
+    state.engine.wake_all();
+    Ok(Json(json!({ "status": "redriven", "rows": n })))
+}

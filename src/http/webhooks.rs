@@ -1,0 +1,192 @@
+//! Customer.io webhook endpoints: read the raw body within the limit,
+//! verify the signature over those exact bytes, validate, commit, answer.
+//! Nothing slow happens here: destinations are called by the engine.
+
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::config::Secret;
+use crate::customerio::segment::PayloadError;
+use crate::customerio::{contains_unrendered_liquid, reporting, segment, signature};
+use crate::store::{IngestCommand, IngestOutcome};
+
+const SEGMENTS: &str = "segments";
+const REPORTING: &str = "reporting";
+
+pub async fn segments(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let result = handle_segments(&state, &headers, body).await;
+    finish(SEGMENTS, started, result)
+}
+
+pub async fn reporting(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let result = handle_reporting(&state, &headers, body).await;
+    finish(REPORTING, started, result)
+}
+
+/// Counts every answer by endpoint and outcome.
+fn finish(
+    endpoint: &'static str,
+    started: Instant,
+    result: Result<Value, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let outcome = match &result {
+        Ok(v) => v["status"].as_str().unwrap_or("accepted").to_owned(),
+        Err(e) => e.code().to_owned(),
+    };
+    metrics::counter!("koala_webhooks_total", "endpoint" => endpoint, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("koala_ingest_seconds", "endpoint" => endpoint)
+        .record(started.elapsed().as_secs_f64());
+    result.map(Json)
+}
+
+async fn handle_segments(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let raw = verified_body(
+        state,
+        headers,
+        body,
+        &state.config.customerio.webhook_signing_keys,
+        SEGMENTS,
+    )
+    .await?;
+    let event = segment::parse(&raw).map_err(payload_error)?;
+    let audiences = state.catalog.for_segment(event.segment_id).to_vec();
+    if audiences.is_empty() {
+        metrics::counter!("koala_segment_ignored_total", "segment" => event.segment_id.to_string())
+            .increment(1);
+        return Ok(json!({
+            "status": "ignored",
+            "reason": format!("no audience uses segment {}", event.segment_id),
+        }));
+    }
+    let occurred_at = event.occurred_at_ms;
+    let outcome = state
+        .ingestor
+        .submit(IngestCommand::Segment { event, audiences })
+        .await?;
+    Ok(match outcome {
+        IngestOutcome::Duplicate => {
+            metrics::counter!("koala_webhook_duplicates_total", "endpoint" => SEGMENTS)
+                .increment(1);
+            json!({ "status": "duplicate" })
+        }
+        IngestOutcome::Accepted { audiences, .. } => {
+            for a in &audiences {
+                match a.outcome {
+                    "stale" => metrics::counter!("koala_membership_stale_total", "audience" => a.audience.clone()).increment(1),
+                    "applied" => metrics::counter!("koala_membership_changes_total", "audience" => a.audience.clone()).increment(1),
+                    _ => {}
+                }
+            }
+            json!({ "status": "accepted", "occurred_at": occurred_at, "audiences": audiences })
+        }
+    })
+}
+
+async fn handle_reporting(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ApiError> {
+    let raw = verified_body(
+        state,
+        headers,
+        body,
+        &state.config.customerio.reporting_signing_keys,
+        REPORTING,
+    )
+    .await?;
+    let event = reporting::parse(&raw).map_err(payload_error)?;
+    let (object_type, metric) = (event.object_type.clone(), event.metric.clone());
+    let outcome = state
+        .ingestor
+        .submit(IngestCommand::Reporting(event))
+        .await?;
+    Ok(match outcome {
+        IngestOutcome::Duplicate => {
+            metrics::counter!("koala_webhook_duplicates_total", "endpoint" => REPORTING)
+                .increment(1);
+            json!({ "status": "duplicate" })
+        }
+        IngestOutcome::Accepted { .. } => {
+            metrics::counter!("koala_reporting_events_total", "object_type" => object_type, "metric" => metric).increment(1);
+            json!({ "status": "accepted" })
+        }
+    })
+}
+
+/// Reads the body (413 past the limit), checks the signature over the raw
+/// bytes (401), and refuses unrendered Liquid (422).
+async fn verified_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    keys: &[Secret],
+    endpoint: &'static str,
+) -> Result<Bytes, ApiError> {
+    let limit = state.config.server.body_limit_bytes;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let raw = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) = signature::verify(
+        keys,
+        header("x-cio-timestamp"),
+        header("x-cio-signature"),
+        &raw,
+        chrono::Utc::now().timestamp(),
+        state.config.customerio.timestamp_tolerance,
+    ) {
+        let reason = match e {
+            signature::SignatureError::MissingSignature
+            | signature::SignatureError::MissingTimestamp => "missing",
+            signature::SignatureError::BadTimestamp | signature::SignatureError::Expired => {
+                "timestamp"
+            }
+            signature::SignatureError::Mismatch => "mismatch",
+        };
+        metrics::counter!("koala_webhook_signature_failures_total", "endpoint" => endpoint, "reason" => reason).increment(1);
+        tracing::warn!(endpoint, reason, "webhook signature refused");
+        return Err(ApiError::Unauthorized(e.to_string()));
+    }
+    if contains_unrendered_liquid(&raw) {
+        return Err(ApiError::Unprocessable(
+            "body contains unrendered Liquid ({{ or {%): Customer.io's test send does not render templates; send to a real person".into(),
+        ));
+    }
+    Ok(raw)
+}
+
+fn payload_error(e: PayloadError) -> ApiError {
+    match e {
+        PayloadError::Malformed(m) => ApiError::BadRequest(m),
+        PayloadError::Unprocessable(m) => ApiError::Unprocessable(m),
+    }
+}
