@@ -1,6 +1,6 @@
 //! The `koala` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -47,7 +47,7 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|errors| {
         eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
         for p in &errors.0 {
@@ -57,7 +57,7 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
     })
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(c) => {
             println!(
@@ -80,7 +80,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
 
-fn serve(path: &PathBuf) -> ExitCode {
+fn serve(path: &Path) -> ExitCode {
     init_tracing();
     let config = match load(path) {
         Ok(c) => c,

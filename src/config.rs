@@ -269,9 +269,12 @@ impl Config {
             )]));
         }
         Self::from_figment(
-            Figment::new()
-                .merge(Toml::file_exact(path))
-                .merge(Env::prefixed("KOALA_").split("__")),
+            Figment::new().merge(Toml::file_exact(path)).merge(
+                // Only sectioned keys: KOALA_LOG and KOALA_CONFIG are not config.
+                Env::prefixed("KOALA_")
+                    .filter(|k| k.as_str().contains("__") || k.as_str().contains('.'))
+                    .split("__"),
+            ),
         )
     }
 

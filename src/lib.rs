@@ -12,4 +12,5 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod metrics;
+pub mod normalization;
 pub mod store;

@@ -38,7 +38,8 @@ impl Dispatcher {
         let name = self.destination.name().to_owned();
         let permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
         let limiter = Arc::new(rate_limiter(limits.requests_per_second));
-        let idle_poll = Duration::from_secs_f64((1.0 / limits.requests_per_second).max(1.0));
+        // Retries come due without a wake-up; look for them this often.
+        let idle_poll = Duration::from_millis(500);
         let this = Arc::new(self);
         let mut last_was_full = false;
 
@@ -50,6 +51,28 @@ impl Dispatcher {
                 tokio::select! {
                     _ = this.control.resumed.notified() => continue,
                     _ = this.cancel.cancelled() => break,
+                }
+            }
+            // Spend a rate-limit token only when there is work: an idle
+            // destination keeps its token, so the next change leaves at once.
+            match this.store.has_due_work(&name, now_ms()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    last_was_full = false;
+                    tokio::select! {
+                        _ = this.wake.notified() => {}
+                        _ = tokio::time::sleep(idle_poll) => {}
+                        _ = this.cancel.cancelled() => break,
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(destination = %name, error = %e, "checking for work failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = this.cancel.cancelled() => break,
+                    }
+                    continue;
                 }
             }
             let permit = tokio::select! {
@@ -76,15 +99,8 @@ impl Dispatcher {
                     let this = this.clone();
                     tokio::spawn(async move { this.deliver(batch, permit).await });
                 }
-                Ok(None) => {
-                    drop(permit);
-                    last_was_full = false;
-                    tokio::select! {
-                        _ = this.wake.notified() => {}
-                        _ = tokio::time::sleep(idle_poll) => {}
-                        _ = this.cancel.cancelled() => break,
-                    }
-                }
+                // Another claim took the rows between the check and now.
+                Ok(None) => drop(permit),
                 Err(e) => {
                     drop(permit);
                     tracing::error!(destination = %name, error = %e, "claiming work failed");

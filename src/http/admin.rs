@@ -40,7 +40,10 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
         })?;
     let mut destinations = Vec::new();
     for d in &a.destinations {
-        let s = state.store.destination_audience_stats(d, a.id).await?;
+        let s = state
+            .store
+            .destination_audience_stats(d, a.id, crate::store::now_ms())
+            .await?;
         let status = state.engine.status(d).unwrap_or_default();
         let platform_id = state
             .store
@@ -58,6 +61,7 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             "platform_audience_id": platform_id,
             "pending_adds": s.pending_adds,
             "pending_removes": s.pending_removes,
+            "in_flight": s.in_flight,
             "acknowledged_members": s.acknowledged_members,
             "dead_letters": s.dead_letters,
             "paused": status.paused,

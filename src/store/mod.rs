@@ -196,6 +196,8 @@ pub struct WorkBatch {
 pub struct DestinationAudienceStats {
     pub pending_adds: i64,
     pub pending_removes: i64,
+    /// Pending rows leased to a request in flight.
+    pub in_flight: i64,
     pub acknowledged_members: i64,
     pub dead_letters: i64,
     pub last_success_at: Option<i64>,
@@ -262,6 +264,9 @@ pub trait Store: Send + Sync + 'static {
     /// Releases every lease (only for exclusive stores, at start).
     async fn release_all_leases(&self) -> Result<()>;
 
+    /// True when some row is due now (cheap; no lease taken).
+    async fn has_due_work(&self, destination: &str, now_ms: i64) -> Result<bool>;
+
     /// Leases up to `max_rows` due rows of one (audience, op) group.
     async fn claim_work(
         &self,
@@ -289,6 +294,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         destination: &str,
         audience_id: i64,
+        now_ms: i64,
     ) -> Result<DestinationAudienceStats>;
 
     async fn pending_summary(&self, destination: &str) -> Result<PendingSummary>;

@@ -715,6 +715,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn has_due_work(&self, destination: &str, now_ms: i64) -> Result<bool> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM sync_state WHERE destination = $1 AND pending AND dead_reason IS NULL
+               AND next_attempt_at <= $2 AND lease_until <= $2 LIMIT 1",
+        )
+        .bind(destination)
+        .bind(now_ms)
+        .fetch_optional(&self.reader)
+        .await?
+        .is_some())
+    }
+
     async fn claim_work(
         &self,
         destination: &str,
@@ -879,6 +891,7 @@ impl Store for SqliteStore {
         &self,
         destination: &str,
         audience_id: i64,
+        now_ms: i64,
     ) -> Result<DestinationAudienceStats> {
         let r = sqlx::query(
             "SELECT
@@ -886,11 +899,13 @@ impl Store for SqliteStore {
                COALESCE(SUM(CASE WHEN pending AND dead_reason IS NULL AND NOT desired THEN 1 ELSE 0 END), 0),
                COALESCE(SUM(CASE WHEN acked THEN 1 ELSE 0 END), 0),
                COALESCE(SUM(CASE WHEN dead_reason IS NOT NULL THEN 1 ELSE 0 END), 0),
-               MAX(acked_at)
+               MAX(acked_at),
+               COALESCE(SUM(CASE WHEN pending AND dead_reason IS NULL AND lease_until > $3 THEN 1 ELSE 0 END), 0)
              FROM sync_state WHERE destination = $1 AND audience_id = $2",
         )
         .bind(destination)
         .bind(audience_id)
+        .bind(now_ms)
         .fetch_one(&self.reader)
         .await?;
         Ok(DestinationAudienceStats {
@@ -899,6 +914,7 @@ impl Store for SqliteStore {
             acknowledged_members: r.get(2),
             dead_letters: r.get(3),
             last_success_at: r.get(4),
+            in_flight: r.get(5),
         })
     }
 

@@ -95,6 +95,7 @@ fn environment_variables_override_the_file() {
         .args(["check", "--config"])
         .arg(&path)
         .env("KOALA_STORE__URL", "mysql://nope")
+        .env("KOALA_LOG", "debug")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

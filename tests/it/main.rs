@@ -4,6 +4,10 @@
 mod support;
 
 mod admin;
+mod app_api_client;
 mod config_and_cli;
+mod crash;
+mod delivery;
 mod ingest;
+mod meta_fake_contract;
 mod openapi;

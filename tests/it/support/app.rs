@@ -7,7 +7,6 @@ use std::sync::Arc;
 use koala::app::RunningApp;
 use koala::config::Config;
 use koala::customerio::signature::sign;
-use koala::store::Store;
 use serde_json::{json, Value};
 
 pub const WEBHOOK_KEY: &str = "whk_test_key_1";
@@ -91,19 +90,9 @@ impl TestApp {
         }
     }
 
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.app.as_ref().unwrap().state().store.clone()
-    }
-
     /// Graceful stop, then a new app on the same data.
     pub async fn restart(mut self) -> TestApp {
         self.app.take().unwrap().shutdown().await.unwrap();
-        Self::start_in(self.dir.clone(), &self.config_text).await
-    }
-
-    /// Simulated kill -9: everything aborted, nothing flushed on purpose.
-    pub async fn crash_and_restart(mut self) -> TestApp {
-        self.app.take().unwrap().abort();
         Self::start_in(self.dir.clone(), &self.config_text).await
     }
 

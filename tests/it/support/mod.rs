@@ -1,1 +1,4 @@
 pub mod app;
+pub mod fake_app_api;
+pub mod fake_meta;
+pub mod wait;

@@ -1,1 +1,0 @@
-//! Customer.io App API client (resync). Placeholder.

@@ -1,0 +1,472 @@
+//! `[[destinations]] type = "meta_custom_audiences"`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+/// Meta's hard limit on rows in one `/users` request.
+pub const MAX_ROWS_PER_REQUEST: usize = 10_000;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaConfig {
+    pub name: String,
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    #[serde(default = "default_api_version")]
+    pub api_version: String,
+    pub access_token: Secret,
+    /// Needed only to create audiences; `act_` prefix optional.
+    #[serde(default)]
+    pub ad_account_id: Option<String>,
+    /// Which keys each row carries; sent in a fixed order (see [`MetaKey`]).
+    #[serde(default = "default_identifiers")]
+    pub identifiers: Vec<MetaKey>,
+    /// Which person attributes feed the name/address/birth keys.
+    #[serde(default)]
+    pub attribute_map: AttributeMap,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: f64,
+    #[serde(default, with = "humantime_serde")]
+    pub min_linger: Duration,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(default = "default_base_backoff", with = "humantime_serde")]
+    pub base_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(default)]
+    pub customer_file_source: CustomerFileSource,
+}
+
+/// A multi-key schema column. Declaration order is the order columns are
+/// sent in, whatever order the config lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+pub enum MetaKey {
+    #[serde(rename = "extern_id")]
+    ExternId,
+    #[serde(rename = "email")]
+    Email,
+    #[serde(rename = "phone")]
+    Phone,
+    #[serde(rename = "fn")]
+    FirstName,
+    #[serde(rename = "ln")]
+    LastName,
+    #[serde(rename = "ct")]
+    City,
+    #[serde(rename = "st")]
+    State,
+    #[serde(rename = "zip")]
+    Zip,
+    #[serde(rename = "country")]
+    Country,
+    #[serde(rename = "gen")]
+    Gender,
+    #[serde(rename = "doby")]
+    BirthYear,
+    #[serde(rename = "dobm")]
+    BirthMonth,
+    #[serde(rename = "dobd")]
+    BirthDay,
+}
+
+impl MetaKey {
+    /// The column name in `payload.schema`.
+    pub fn schema_name(self) -> &'static str {
+        match self {
+            MetaKey::ExternId => "EXTERN_ID",
+            MetaKey::Email => "EMAIL",
+            MetaKey::Phone => "PHONE",
+            MetaKey::FirstName => "FN",
+            MetaKey::LastName => "LN",
+            MetaKey::City => "CT",
+            MetaKey::State => "ST",
+            MetaKey::Zip => "ZIP",
+            MetaKey::Country => "COUNTRY",
+            MetaKey::Gender => "GEN",
+            MetaKey::BirthYear => "DOBY",
+            MetaKey::BirthMonth => "DOBM",
+            MetaKey::BirthDay => "DOBD",
+        }
+    }
+
+    /// Keys that can match a person on their own; the others only refine.
+    pub fn matches_alone(self) -> bool {
+        matches!(self, MetaKey::ExternId | MetaKey::Email | MetaKey::Phone)
+    }
+
+    /// Everything but EXTERN_ID is sent as SHA-256.
+    pub fn is_hashed(self) -> bool {
+        self != MetaKey::ExternId
+    }
+}
+
+/// Person attribute names for the keys that come from attributes.
+/// `dob` (a date or Unix seconds) feeds DOBY, DOBM and DOBD.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributeMap {
+    #[serde(rename = "fn")]
+    pub first_name: String,
+    #[serde(rename = "ln")]
+    pub last_name: String,
+    #[serde(rename = "ct")]
+    pub city: String,
+    #[serde(rename = "st")]
+    pub state: String,
+    pub zip: String,
+    pub country: String,
+    #[serde(rename = "gen")]
+    pub gender: String,
+    #[serde(rename = "dob")]
+    pub date_of_birth: String,
+}
+
+impl Default for AttributeMap {
+    fn default() -> Self {
+        AttributeMap {
+            first_name: "first_name".into(),
+            last_name: "last_name".into(),
+            city: "city".into(),
+            state: "state".into(),
+            zip: "zip".into(),
+            country: "country".into(),
+            gender: "gender".into(),
+            date_of_birth: "date_of_birth".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CustomerFileSource {
+    #[default]
+    UserProvidedOnly,
+    PartnerProvidedOnly,
+    BothUserAndPartnerProvided,
+}
+
+impl CustomerFileSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CustomerFileSource::UserProvidedOnly => "USER_PROVIDED_ONLY",
+            CustomerFileSource::PartnerProvidedOnly => "PARTNER_PROVIDED_ONLY",
+            CustomerFileSource::BothUserAndPartnerProvided => "BOTH_USER_AND_PARTNER_PROVIDED",
+        }
+    }
+}
+
+impl MetaConfig {
+    /// A config with every default, for code and tests that build one.
+    pub fn new(name: impl Into<String>, access_token: Secret) -> Self {
+        MetaConfig {
+            name: name.into(),
+            base_url: default_base_url(),
+            api_version: default_api_version(),
+            access_token,
+            ad_account_id: None,
+            identifiers: default_identifiers(),
+            attribute_map: AttributeMap::default(),
+            max_batch: default_max_batch(),
+            concurrency: default_concurrency(),
+            requests_per_second: default_requests_per_second(),
+            min_linger: Duration::ZERO,
+            request_timeout: default_request_timeout(),
+            base_backoff: default_base_backoff(),
+            max_backoff: default_max_backoff(),
+            customer_file_source: CustomerFileSource::default(),
+        }
+    }
+
+    /// The ad account id without its `act_` prefix.
+    pub fn ad_account_number(&self) -> Option<&str> {
+        let id = self.ad_account_id.as_deref()?.trim();
+        Some(id.strip_prefix("act_").unwrap_or(id))
+    }
+
+    /// Problems serde cannot catch, each starting with its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        match url::Url::parse(&self.base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base() => {}
+            _ => p.push(format!("base_url: not an http(s) URL: {:?}", self.base_url)),
+        }
+        if !is_api_version(&self.api_version) {
+            p.push(format!(
+                "api_version: expected vNN.N (like \"v25.0\"), got {:?}",
+                self.api_version
+            ));
+        }
+        if self.access_token.expose().trim().is_empty() {
+            p.push("access_token: must not be empty".into());
+        }
+        if let Some(id) = self.ad_account_number() {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                p.push("ad_account_id: expected digits, optionally prefixed act_".into());
+            }
+        }
+        if self.identifiers.is_empty() {
+            p.push("identifiers: must list at least one key".into());
+        } else if !self.identifiers.iter().any(|k| k.matches_alone()) {
+            p.push(
+                "identifiers: needs extern_id, email or phone; the other keys cannot match alone"
+                    .into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in &self.identifiers {
+            if !seen.insert(k) {
+                p.push(format!("identifiers: {:?} listed twice", k.schema_name()));
+            }
+        }
+        let m = &self.attribute_map;
+        for (key, attr) in [
+            ("fn", &m.first_name),
+            ("ln", &m.last_name),
+            ("ct", &m.city),
+            ("st", &m.state),
+            ("zip", &m.zip),
+            ("country", &m.country),
+            ("gen", &m.gender),
+            ("dob", &m.date_of_birth),
+        ] {
+            if attr.trim().is_empty() {
+                p.push(format!("attribute_map.{key}: must not be empty"));
+            }
+        }
+        if !(1..=MAX_ROWS_PER_REQUEST).contains(&self.max_batch) {
+            p.push(format!(
+                "max_batch: must be between 1 and {MAX_ROWS_PER_REQUEST}"
+            ));
+        }
+        if self.concurrency == 0 {
+            p.push("concurrency: must be at least 1".into());
+        }
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            p.push("requests_per_second: must be greater than 0".into());
+        }
+        if self.request_timeout.is_zero() {
+            p.push("request_timeout: must be greater than 0s".into());
+        }
+        if self.base_backoff.is_zero() {
+            p.push("base_backoff: must be greater than 0s".into());
+        }
+        if self.max_backoff < self.base_backoff {
+            p.push("max_backoff: must not be shorter than base_backoff".into());
+        }
+        p
+    }
+}
+
+/// `v` digits `.` digits.
+fn is_api_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let Some((major, minor)) = rest.split_once('.') else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    digits(major) && digits(minor)
+}
+
+fn default_base_url() -> String {
+    "https://graph.facebook.com".into()
+}
+fn default_api_version() -> String {
+    "v25.0".into()
+}
+fn default_identifiers() -> Vec<MetaKey> {
+    vec![MetaKey::ExternId, MetaKey::Email, MetaKey::Phone]
+}
+fn default_max_batch() -> usize {
+    MAX_ROWS_PER_REQUEST
+}
+fn default_concurrency() -> usize {
+    2
+}
+fn default_requests_per_second() -> f64 {
+    5.0
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_base_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DestinationConfig};
+
+    const BASE: &str = r#"
+        [server]
+        admin_token = "0123456789abcdef"
+        [customerio]
+        webhook_signing_keys = ["k1"]
+    "#;
+
+    fn meta(text: &str) -> Result<MetaConfig, Vec<String>> {
+        let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
+        match c.destinations.into_iter().next() {
+            Some(DestinationConfig::MetaCustomAudiences(m)) => Ok(m),
+            None => panic!("no destination parsed"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_meta_destination_takes_the_defaults() {
+        let m = meta(
+            r#"
+            [[destinations]]
+            name = "meta"
+            type = "meta_custom_audiences"
+            access_token = "tok"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.base_url, "https://graph.facebook.com");
+        assert_eq!(m.api_version, "v25.0");
+        assert_eq!(
+            m.identifiers,
+            [MetaKey::ExternId, MetaKey::Email, MetaKey::Phone]
+        );
+        assert_eq!(m.attribute_map, AttributeMap::default());
+        assert_eq!(m.max_batch, 10_000);
+        assert_eq!(m.concurrency, 2);
+        assert_eq!(m.requests_per_second, 5.0);
+        assert_eq!(m.min_linger, Duration::ZERO);
+        assert_eq!(m.request_timeout, Duration::from_secs(30));
+        assert_eq!(m.base_backoff, Duration::from_secs(1));
+        assert_eq!(m.max_backoff, Duration::from_secs(300));
+        assert_eq!(m.customer_file_source, CustomerFileSource::UserProvidedOnly);
+        assert_eq!(m.ad_account_number(), None);
+    }
+
+    #[test]
+    fn a_full_meta_destination_parses() {
+        std::env::set_var("KOALA_TEST_META_TOKEN", "EAAB-secret");
+        let m = meta(
+            r#"
+            [[destinations]]
+            name = "meta"
+            type = "meta_custom_audiences"
+            base_url = "http://127.0.0.1:9999"
+            api_version = "v24.0"
+            access_token = "${KOALA_TEST_META_TOKEN}"
+            ad_account_id = "act_1234567890"
+            identifiers = ["email", "extern_id", "phone", "fn", "ln", "ct", "st", "zip", "country", "gen", "doby", "dobm", "dobd"]
+            attribute_map = { fn = "firstName", dob = "birthday" }
+            max_batch = 500
+            concurrency = 4
+            requests_per_second = 2
+            min_linger = "5s"
+            request_timeout = "10s"
+            base_backoff = "2s"
+            max_backoff = "10m"
+            customer_file_source = "BOTH_USER_AND_PARTNER_PROVIDED"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.access_token.expose(), "EAAB-secret");
+        assert_eq!(m.ad_account_number(), Some("1234567890"));
+        assert_eq!(m.identifiers.len(), 13);
+        assert_eq!(m.attribute_map.first_name, "firstName");
+        assert_eq!(m.attribute_map.date_of_birth, "birthday");
+        assert_eq!(m.attribute_map.last_name, "last_name");
+        assert_eq!(m.max_batch, 500);
+        assert_eq!(m.requests_per_second, 2.0);
+        assert_eq!(m.min_linger, Duration::from_secs(5));
+        assert_eq!(m.max_backoff, Duration::from_secs(600));
+        assert_eq!(
+            m.customer_file_source,
+            CustomerFileSource::BothUserAndPartnerProvided
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_values_are_rejected() {
+        for (line, key) in [
+            ("acces_token2 = \"x\"", "acces_token2"),
+            ("attribute_map = { nickname = \"nick\" }", "nickname"),
+            ("identifiers = [\"madid\"]", "madid"),
+            ("customer_file_source = \"ANY\"", "ANY"),
+        ] {
+            let e = meta(&format!(
+                "[[destinations]]\nname = \"meta\"\ntype = \"meta_custom_audiences\"\n\
+                 access_token = \"t\"\n{line}"
+            ))
+            .unwrap_err();
+            assert!(e.iter().any(|p| p.contains(key)), "{line}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn semantic_problems_name_their_key_under_the_destination() {
+        let e = meta(
+            r#"
+            [[destinations]]
+            name = "meta"
+            type = "meta_custom_audiences"
+            access_token = ""
+            base_url = "not a url"
+            api_version = "25"
+            ad_account_id = "act_12x"
+            identifiers = ["fn", "ln", "fn"]
+            max_batch = 10001
+            concurrency = 0
+            requests_per_second = 0
+            request_timeout = "0s"
+            base_backoff = "10s"
+            max_backoff = "1s"
+            "#,
+        )
+        .unwrap_err();
+        for key in [
+            "access_token",
+            "base_url",
+            "api_version",
+            "ad_account_id",
+            "identifiers: needs",
+            "identifiers: \"FN\" listed twice",
+            "max_batch: must be between 1 and 10000",
+            "concurrency",
+            "requests_per_second",
+            "request_timeout",
+            "max_backoff",
+        ] {
+            let want = format!("destinations[0].{key}");
+            assert!(e.iter().any(|p| p.starts_with(&want)), "{want}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn extern_id_alone_is_allowed() {
+        let mut c = MetaConfig::new("m", Secret::new("t"));
+        c.identifiers = vec![MetaKey::ExternId];
+        c.ad_account_id = Some("1234".into());
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(c.ad_account_number(), Some("1234"));
+    }
+
+    #[test]
+    fn identifiers_keep_the_fixed_order() {
+        let mut keys = vec![MetaKey::Phone, MetaKey::FirstName, MetaKey::ExternId];
+        keys.sort();
+        assert_eq!(
+            keys,
+            [MetaKey::ExternId, MetaKey::Phone, MetaKey::FirstName]
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! kill -9 at any moment: the real binary is killed mid-delivery and
+//! restarted, and the destination still converges to the exact audience.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::app::*;
+use crate::support::fake_meta::*;
+use crate::support::wait::until;
+
+const AUD: &str = "23850000000000";
+
+struct Koala {
+    child: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn_koala(config: &std::path::Path, port: u16) -> Koala {
+    let child = Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("KOALA_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KOALA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("koala starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    until("koala is up", Duration::from_secs(30), || {
+        let url = format!("{base}/healthz");
+        let http = http.clone();
+        async move { http.get(url).send().await.is_ok() }
+    })
+    .await;
+    Koala { child, base }
+}
+
+async fn post(base: &str, body: &serde_json::Value) -> bool {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let ts = chrono::Utc::now().timestamp().to_string();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/webhooks/customerio/segments"))
+        .header("x-cio-timestamp", &ts)
+        .header(
+            "x-cio-signature",
+            koala::customerio::signature::sign(WEBHOOK_KEY, &ts, &bytes),
+        )
+        .body(bytes)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    matches!(r, Ok(r) if r.status().is_success())
+}
+
+#[tokio::test]
+async fn a_run_killed_mid_delivery_and_restarted_converges_to_the_exact_audience() {
+    let fake = FakeMeta::start().await;
+    fake.set_latency(Duration::from_millis(30));
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("koala.toml");
+    let text = format!(
+        "[store]\nurl = \"sqlite://{}/koala.db\"\n",
+        dir.path().display()
+    ) + &base_config("")
+        + &format!(
+            r#"
+[[destinations]]
+name = "meta"
+type = "meta_custom_audiences"
+base_url = "{}"
+access_token = "{FAKE_META_TOKEN}"
+max_batch = 25
+concurrency = 2
+base_backoff = "20ms"
+max_backoff = "200ms"
+"#,
+            fake.base_url()
+        )
+        + &cart_audience(
+            &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
+            "mirror",
+        );
+    std::fs::write(&config_path, &text).unwrap();
+
+    // 300 people enter; the first 100 exit later. Expected: p100..p299.
+    let t0 = 1_750_000_000;
+    let mut events: Vec<_> = (0..300)
+        .map(|i| segment_body(CART_SEGMENT, &format!("p{i}"), "entered", t0))
+        .collect();
+    events
+        .extend((0..100).map(|i| segment_body(CART_SEGMENT, &format!("p{i}"), "exited", t0 + 60)));
+
+    let port = free_port();
+    let mut koala = spawn_koala(&config_path, port).await;
+    let mut kills = 0;
+    let mut i = 0;
+    while i < events.len() {
+        if (i == 120 || i == 330) && kills < 2 {
+            // kill -9 while requests are in flight.
+            until("deliveries in flight", Duration::from_secs(30), || async {
+                fake.request_count() > 0
+            })
+            .await;
+            koala.child.kill().unwrap();
+            koala.child.wait().unwrap();
+            kills += 1;
+            koala = spawn_koala(&config_path, port).await;
+        }
+        // Customer.io retries until it gets a 2xx.
+        while !post(&koala.base, &events[i]).await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        i += 1;
+    }
+    let expected: BTreeSet<String> = (100..300).map(|i| format!("p{i}")).collect();
+    until(
+        "the fake audience equals the segment",
+        Duration::from_secs(60),
+        || async { fake.members(AUD) == expected },
+    )
+    .await;
+    koala.child.kill().unwrap();
+    koala.child.wait().unwrap();
+    assert_eq!(kills, 2);
+}
