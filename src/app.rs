@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audiences::Catalog;
 use crate::config::Config;
+use crate::customerio::app_api::AppApiClient;
+use crate::resync::Resyncs;
 use crate::delivery::{Engine, Wakers};
 use crate::destinations::{self, Destination};
 use crate::http::{self, AppState};
@@ -117,18 +119,38 @@ pub async fn start_with(
         )
         .await?,
     );
-    let ingestor = Ingestor::start(store.clone(), wakers);
+    let ingestor = Ingestor::start(store.clone(), wakers.clone());
+    let app_api = match &config.customerio.app_api_key {
+        Some(_) => Some(AppApiClient::from_config(&config)?),
+        None => None,
+    };
+    let resyncs = Resyncs::new(
+        app_api,
+        config.customerio.app_api_page_size,
+        store.clone(),
+        catalog.clone(),
+        wakers,
+    );
+    let stop = CancellationToken::new();
+    resyncs.schedule(
+        config
+            .audiences
+            .iter()
+            .filter_map(|a| a.reconcile_every.map(|every| (a.name.clone(), every)))
+            .collect(),
+        stop.clone(),
+    );
     let state = AppState {
         config: Arc::new(config),
         catalog,
         store,
         ingestor,
         engine: engine.clone(),
+        resyncs,
         metrics,
     };
     let router = http::router(state.clone());
     let addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
     let stopped = stop.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)

@@ -97,6 +97,12 @@ pub struct CustomerIoConfig {
     /// Client-side App API limit shared by every caller.
     #[serde(default = "default_app_api_rps")]
     pub app_api_requests_per_second: u32,
+    /// Members per membership page (Customer.io allows up to 30,000).
+    #[serde(default = "default_app_api_page_size")]
+    pub app_api_page_size: u32,
+    /// Attempts per App API request (429, 5xx and network errors retried).
+    #[serde(default = "default_app_api_max_attempts")]
+    pub app_api_max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -240,6 +246,12 @@ fn default_timestamp_tolerance() -> Duration {
 fn default_app_api_rps() -> u32 {
     10
 }
+fn default_app_api_page_size() -> u32 {
+    30_000
+}
+fn default_app_api_max_attempts() -> u32 {
+    5
+}
 
 /// Every problem found in a config, each naming its key.
 #[derive(Debug)]
@@ -324,6 +336,12 @@ impl Config {
                 }
             }
         }
+        if !(1..=30_000).contains(&cio.app_api_page_size) {
+            p.push("customerio.app_api_page_size: must be between 1 and 30000".into());
+        }
+        if cio.app_api_max_attempts == 0 {
+            p.push("customerio.app_api_max_attempts: must be at least 1".into());
+        }
         if cio.app_api_requests_per_second == 0 {
             p.push("customerio.app_api_requests_per_second: must be greater than 0".into());
         }
@@ -373,8 +391,8 @@ impl Config {
                 ));
             }
             if let Some(every) = a.reconcile_every {
-                if every < Duration::from_secs(60) {
-                    p.push(format!("audiences[{i}].reconcile_every: at least 1m"));
+                if every < Duration::from_secs(1) {
+                    p.push(format!("audiences[{i}].reconcile_every: at least 1s"));
                 }
             }
             let mut seen = HashSet::new();

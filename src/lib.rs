@@ -13,4 +13,5 @@ pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod normalization;
+pub mod resync;
 pub mod store;

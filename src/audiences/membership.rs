@@ -88,6 +88,23 @@ impl Decision {
     }
 }
 
+/// What a person's stored state is worth against a new fact: the row's own
+/// stamp, or the audience's last completed snapshot if that is newer (a
+/// full snapshot at T asserted everyone's state at T, members or not).
+pub fn effective_current(row: Option<(bool, Stamp)>, snapshot_at: Option<i64>) -> Option<(bool, Stamp)> {
+    let is_member = row.as_ref().is_some_and(|(m, _)| *m);
+    let floor = snapshot_at.map(|t| Stamp::new(t, is_member, Source::Resync, SNAPSHOT_KEY));
+    match (row, floor) {
+        (Some((m, stamp)), Some(floor)) => Some((m, stamp.max(floor))),
+        (Some(row), None) => Some(row),
+        (None, Some(floor)) => Some((false, floor)),
+        (None, None) => None,
+    }
+}
+
+/// The tie-break key of snapshot facts.
+pub const SNAPSHOT_KEY: &str = "snapshot";
+
 /// The rule. `current` is the stored (is_member, stamp), if any.
 pub fn decide(current: Option<(bool, &Stamp)>, is_member: bool, incoming: &Stamp) -> Decision {
     match current {
@@ -150,6 +167,19 @@ mod tests {
         assert_eq!(decide(Some((false, &exit)), true, &enter), Decision::Stale);
         let snap = Stamp::new(10, true, Source::Resync, "z");
         assert!(enter > snap);
+    }
+
+    #[test]
+    fn a_completed_snapshot_makes_older_facts_stale_for_everyone() {
+        // Never seen, snapshot at 100: an entry from before it is stale,
+        // one after it applies.
+        let current = effective_current(None, Some(100));
+        let cur = current.as_ref().map(|(m, s)| (*m, s));
+        assert_eq!(decide(cur, true, &st(50, true)), Decision::Stale);
+        assert_eq!(decide(cur, true, &st(150, true)), Decision::Change);
+        // A row newer than the snapshot keeps its own stamp.
+        let row = Some((true, st(200, true)));
+        assert_eq!(effective_current(row.clone(), Some(100)), row);
     }
 
     #[test]

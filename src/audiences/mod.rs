@@ -5,4 +5,4 @@ mod catalog;
 pub mod membership;
 
 pub use catalog::{AudienceDef, Catalog};
-pub use membership::{Decision, Source, Stamp};
+pub use membership::{decide, effective_current, Decision, Source, Stamp};

@@ -2,6 +2,7 @@
 //! name-like attributes are masked in every answer.
 
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -9,6 +10,7 @@ use serde_json::{json, Map, Value};
 use super::{ApiError, AppState};
 use crate::audiences::AudienceDef;
 use crate::identity::{mask_text, Email, Phone};
+use crate::resync::{JobState, ResyncError, Trigger};
 use crate::store::{DeadLetterFilter, PersonView};
 
 const HISTORY_LIMIT: i64 = 200;
@@ -71,6 +73,10 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             "last_error_at": status.last_error_at,
         }));
     }
+    let resync = state.resyncs.latest_for(&a.name).map(|j| {
+        json!({ "id": j.id, "phase": j.phase, "dry_run": j.dry_run, "started_at": j.started_at,
+                "finished_at": j.finished_at, "entered": j.diff.entered, "exited": j.diff.exited })
+    });
     Ok(json!({
         "name": a.name,
         "segment_id": a.segment_id,
@@ -83,7 +89,68 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
         },
         "last_change_at": stats.last_change_at,
         "destinations": destinations,
+        "last_resync": resync,
+        "reconcile": state.resyncs.reconcile_status(&a.name),
     }))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// 202 with a new job, or 200 with the job already running.
+pub async fn start_resync(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<ResyncQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (job, created) = state
+        .resyncs
+        .start(&name, q.dry_run, Trigger::Api)
+        .map_err(|e| match e {
+            ResyncError::UnknownAudience(_) => ApiError::NotFound(e.to_string()),
+            ResyncError::NotConfigured => ApiError::Conflict(e.to_string()),
+        })?;
+    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let mut body = resync_json(&state, &job).await?;
+    body["already_running"] = json!(!created);
+    Ok((status, Json(body)))
+}
+
+pub async fn get_resync(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = state
+        .resyncs
+        .job(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no resync {id:?}")))?;
+    Ok(Json(resync_json(&state, &job).await?))
+}
+
+/// The job plus each destination's progress towards the new membership.
+async fn resync_json(state: &AppState, job: &JobState) -> Result<Value, ApiError> {
+    let mut body = serde_json::to_value(job).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut progress = Vec::new();
+    if let Some(a) = state.catalog.by_name(&job.audience) {
+        for d in &a.destinations {
+            let s = state.store.destination_audience_stats(d, a.id, crate::store::now_ms()).await?;
+            progress.push(json!({
+                "destination": d,
+                "pending_adds": s.pending_adds,
+                "pending_removes": s.pending_removes,
+                "acknowledged_members": s.acknowledged_members,
+                "dead_letters": s.dead_letters,
+                "in_sync": s.pending_adds + s.pending_removes == 0,
+            }));
+        }
+    }
+    body["destinations"] = json!(progress);
+    Ok(body)
 }
 
 pub async fn get_person(

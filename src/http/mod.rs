@@ -24,6 +24,7 @@ use crate::audiences::Catalog;
 use crate::config::Config;
 use crate::delivery::Engine;
 use crate::ingest::Ingestor;
+use crate::resync::Resyncs;
 use crate::store::Store;
 
 /// Everything a request handler may need.
@@ -34,6 +35,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub ingestor: Ingestor,
     pub engine: Arc<Engine>,
+    pub resyncs: Arc<Resyncs>,
     pub metrics: PrometheusHandle,
 }
 
@@ -46,6 +48,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/v1/audiences"),
     ("GET", "/v1/audiences/{name}"),
+    ("POST", "/v1/audiences/{name}/resync"),
+    ("GET", "/v1/resyncs/{id}"),
     ("GET", "/v1/people/{id}"),
     ("GET", "/v1/destinations"),
     ("POST", "/v1/destinations/{name}/resume"),
@@ -57,6 +61,8 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/audiences", get(admin::list_audiences))
         .route("/v1/audiences/{name}", get(admin::get_audience))
+        .route("/v1/audiences/{name}/resync", post(admin::start_resync))
+        .route("/v1/resyncs/{id}", get(admin::get_resync))
         .route("/v1/people/{id}", get(admin::get_person))
         .route("/v1/destinations", get(admin::list_destinations))
         .route(

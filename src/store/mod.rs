@@ -2,6 +2,7 @@
 //! a PostgreSQL store implements the same trait with the same tables.
 
 mod sqlite;
+mod sqlite_snapshot;
 
 use std::sync::Arc;
 
@@ -229,6 +230,50 @@ pub struct DeadLetterFilter {
     pub audience_id: Option<i64>,
 }
 
+/// A resync applying one full segment snapshot taken at `stamp_at`.
+#[derive(Debug, Clone)]
+pub struct SnapshotJob {
+    pub id: String,
+    pub audience: Arc<AudienceDef>,
+    /// When the snapshot began: its facts carry this time in the
+    /// latest-wins rule, so newer webhooks still win.
+    pub stamp_at: i64,
+    pub dry_run: bool,
+    /// Masked identifiers to keep as examples of what changes.
+    pub sample_limit: usize,
+}
+
+/// What (part of) a snapshot changed, or would change in a dry run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotDiff {
+    pub entered: u64,
+    pub exited: u64,
+    pub unchanged: u64,
+    /// Facts older than what koala holds (a newer webhook won).
+    pub stale: u64,
+    /// People koala had never seen.
+    pub new_people: u64,
+    pub sample_entered: Vec<String>,
+    pub sample_exited: Vec<String>,
+}
+
+impl SnapshotDiff {
+    pub fn add(&mut self, other: SnapshotDiff, sample_limit: usize) {
+        self.entered += other.entered;
+        self.exited += other.exited;
+        self.unchanged += other.unchanged;
+        self.stale += other.stale;
+        self.new_people += other.new_people;
+        for (mine, theirs) in [
+            (&mut self.sample_entered, other.sample_entered),
+            (&mut self.sample_exited, other.sample_exited),
+        ] {
+            let room = sample_limit.saturating_sub(mine.len());
+            mine.extend(theirs.into_iter().take(room));
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for readiness.
@@ -258,6 +303,20 @@ pub trait Store: Send + Sync + 'static {
     /// Finds a person by Customer.io id, then cio_id (with or without the
     /// `cio_` prefix), then email.
     async fn find_person(&self, key: &str, history_limit: i64) -> Result<Option<PersonView>>;
+
+    // ---- resync ----
+
+    /// Applies one page of a snapshot: every member is "in" at the job's
+    /// stamp, through the same latest-wins rule as webhooks.
+    async fn snapshot_members(&self, job: &SnapshotJob, members: &[Identifiers]) -> Result<SnapshotDiff>;
+
+    /// After the last page: every member the snapshot did not contain is
+    /// "out" at the job's stamp.
+    async fn snapshot_exits(&self, job: &SnapshotJob) -> Result<SnapshotDiff>;
+
+    /// Drops the job's scratch rows; a completed, real snapshot also
+    /// records its time as the audience's snapshot floor.
+    async fn finish_snapshot(&self, job: &SnapshotJob, completed: bool) -> Result<()>;
 
     // ---- delivery ----
 

@@ -13,7 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::*;
-use crate::audiences::membership::{decide, Decision, Source, Stamp};
+use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
 use crate::config::AudienceMode;
 use crate::customerio::reporting::SubscriptionChange;
 
@@ -55,7 +55,7 @@ impl SqliteStore {
     }
 }
 
-fn ids_json(ids: &[i64]) -> String {
+pub(super) fn ids_json(ids: &[i64]) -> String {
     serde_json::to_string(ids).expect("ids serialize")
 }
 
@@ -234,23 +234,25 @@ async fn apply_membership(
     tx: &mut SqliteConnection,
     fact: MembershipFact<'_>,
 ) -> Result<AudienceOutcome> {
-    let current = sqlx::query(
-        "SELECT is_member, stamp_at, stamp_rank, stamp_key FROM memberships
-         WHERE audience_id = $1 AND person_id = $2",
+    let row = sqlx::query(
+        "SELECT a.snapshot_at, m.is_member, m.stamp_at, m.stamp_rank, m.stamp_key
+         FROM audiences a LEFT JOIN memberships m ON m.audience_id = a.audience_id AND m.person_id = $2
+         WHERE a.audience_id = $1",
     )
     .bind(fact.audience.id)
     .bind(fact.person_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .map(|r| {
-        let is_member: bool = r.get(0);
+    .fetch_one(&mut *tx)
+    .await?;
+    let snapshot_at: Option<i64> = row.get(0);
+    let stored = row.get::<Option<bool>, _>(1).map(|is_member| {
         let stamp = Stamp {
-            at_ms: r.get(1),
-            rank: r.get(2),
-            key: r.get(3),
+            at_ms: row.get(2),
+            rank: row.get(3),
+            key: row.get(4),
         };
         (is_member, stamp)
     });
+    let current = effective_current(stored, snapshot_at);
     let decision = decide(
         current.as_ref().map(|(m, s)| (*m, s)),
         fact.is_member,
@@ -330,7 +332,7 @@ async fn apply_membership(
                         tx,
                         destination,
                         fact.audience.id,
-                        fact.person_id,
+                        &[fact.person_id],
                         fact.is_member,
                         fact.stamp.at_ms,
                         fact.received_at,
@@ -348,35 +350,37 @@ async fn apply_membership(
     })
 }
 
-/// Sets the desired state; the row is pending while it differs from what
-/// the destination acknowledged (never-sent counts as "not a member", so an
-/// entry and exit before any send costs nothing). A new change supersedes a
-/// dead letter.
-async fn set_desired(
+/// Sets the desired state of many people at once; a row is pending while
+/// it differs from what the destination acknowledged (never-sent counts as
+/// "not a member", so an entry and exit before any send costs nothing). A
+/// new change supersedes a dead letter; an unchanged desired state is left
+/// alone.
+pub(super) async fn set_desired(
     tx: &mut SqliteConnection,
     destination: &str,
     audience_id: i64,
-    person_id: i64,
+    person_ids: &[i64],
     desired: bool,
     desired_at: i64,
     received_at: i64,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO sync_state (destination, audience_id, person_id, desired, desired_at, desired_received_at, pending)
-         VALUES ($1, $2, $3, $4, $5, $6, $4)
+         SELECT $1, $2, value, $3, $4, $5, $3 FROM json_each($6) WHERE TRUE
          ON CONFLICT (destination, audience_id, person_id) DO UPDATE SET
            desired = excluded.desired, desired_at = excluded.desired_at,
            desired_received_at = excluded.desired_received_at,
            version = sync_state.version + 1,
            pending = (COALESCE(sync_state.acked, FALSE) <> excluded.desired),
-           next_attempt_at = 0, attempts = 0, dead_reason = NULL, dead_at = NULL",
+           next_attempt_at = 0, attempts = 0, dead_reason = NULL, dead_at = NULL
+         WHERE sync_state.desired <> excluded.desired",
     )
     .bind(destination)
     .bind(audience_id)
-    .bind(person_id)
     .bind(desired)
     .bind(desired_at)
     .bind(received_at)
+    .bind(ids_json(person_ids))
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -706,6 +710,26 @@ impl Store for SqliteStore {
             history,
             sync,
         }))
+    }
+
+    async fn snapshot_members(&self, job: &SnapshotJob, members: &[Identifiers]) -> Result<SnapshotDiff> {
+        let mut diff = SnapshotDiff::default();
+        for chunk in members.chunks(super::sqlite_snapshot::CHUNK) {
+            // The writer is released between chunks so webhooks get in.
+            let mut conn = self.writer.acquire().await?;
+            let part = super::sqlite_snapshot::members_chunk(&mut conn, job, chunk).await?;
+            diff.add(part, job.sample_limit);
+        }
+        Ok(diff)
+    }
+
+    async fn snapshot_exits(&self, job: &SnapshotJob) -> Result<SnapshotDiff> {
+        super::sqlite_snapshot::exits(&self.writer, job).await
+    }
+
+    async fn finish_snapshot(&self, job: &SnapshotJob, completed: bool) -> Result<()> {
+        let mut conn = self.writer.acquire().await?;
+        super::sqlite_snapshot::finish(&mut conn, job, completed).await
     }
 
     async fn release_all_leases(&self) -> Result<()> {

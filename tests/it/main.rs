@@ -11,3 +11,4 @@ mod delivery;
 mod ingest;
 mod meta_fake_contract;
 mod openapi;
+mod resync;

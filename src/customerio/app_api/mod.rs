@@ -132,11 +132,15 @@ impl AppApiClient {
             .app_api_key
             .clone()
             .context("customerio.app_api_key is not set")?;
-        Self::new(
+        let client = Self::new(
             &config.app_api_base_url(),
             key,
             config.customerio.app_api_requests_per_second,
-        )
+        )?;
+        Ok(client.with_retry_policy(RetryPolicy {
+            max_attempts: config.customerio.app_api_max_attempts.max(1) as usize,
+            ..RetryPolicy::default()
+        }))
     }
 
     /// The same client (same limiter) with another retry policy.

@@ -1,0 +1,1591 @@
+//! koala's benchmark (issue 5): prints figures beside their targets and
+//! never asserts them.
+//!
+//! ```sh
+//! cargo bench --bench koala_bench -- [--quick] [--json FILE] [--store URL] \
+//!     [--only ingest,e2e,batch,memory,resync]
+//! ```
+//!
+//! It starts the real `koala` binary (cargo builds it in the bench profile,
+//! i.e. release) with a config in a temp dir, plays Customer.io against it
+//! with signed segment webhooks over HTTP, and plays Meta and the App API
+//! with the integration tests' fakes, which run inside this process.
+//!
+//! The "ceiling" for ingest is this same binary re-executed with
+//! `--serve-ceiling`: a second small process whose axum handler only
+//! verifies the signature and answers 200. Both servers thus meet the same
+//! load generator and the same process boundary.
+//!
+//! Under `cargo test` / `cargo nextest` (no `--bench` argument, or `--list`)
+//! the binary does nothing, so `--all-targets` test runs stay fast.
+
+#[path = "../tests/it/support/fake_app_api.rs"]
+mod fake_app_api;
+#[path = "../tests/it/support/fake_meta.rs"]
+mod fake_meta;
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode};
+use indicatif::{ProgressBar, ProgressStyle};
+use koala::config::Secret;
+use koala::customerio::signature::{sign, verify};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use fake_app_api::{FakeAppApi, FAKE_APP_API_KEY};
+use fake_meta::{FakeMeta, RecordedRequest, FAKE_META_TOKEN};
+
+const USAGE: &str = "usage: cargo bench --bench koala_bench -- [--quick] [--json FILE] \
+[--store URL] [--only ingest,e2e,batch,memory,resync]";
+
+const WEBHOOK_KEY: &str = "bench-webhook-signing-key";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const AUDIENCE: &str = "CIO__Bench__CartAbandon";
+const SEGMENT: u64 = 42;
+/// The Meta audience id koala is configured with (so it never creates one).
+const META_AUDIENCE: &str = "23850000000000";
+/// Closed-loop connections used to find saturation.
+const CONNECTIONS: usize = 64;
+/// Open-loop cap on requests in flight: bounds sockets if a server stalls
+/// (latency is still measured from the scheduled time, so a stall shows).
+const MAX_IN_FLIGHT: usize = 512;
+/// Customer.io's App API page size and koala's client-side App API limit.
+const RESYNC_PAGE: u64 = 30_000;
+const APP_API_RPS: f64 = 10.0;
+const META_MAX_BATCH: usize = 10_000;
+
+// ---------------------------------------------------------------- options
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Ingest,
+    E2e,
+    Batch,
+    Memory,
+    Resync,
+}
+
+impl Phase {
+    const ALL: [Phase; 5] = [
+        Phase::Ingest,
+        Phase::E2e,
+        Phase::Batch,
+        Phase::Memory,
+        Phase::Resync,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Ingest => "ingest",
+            Phase::E2e => "e2e",
+            Phase::Batch => "batch",
+            Phase::Memory => "memory",
+            Phase::Resync => "resync",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == s.trim())
+    }
+}
+
+struct Options {
+    quick: bool,
+    json: Option<PathBuf>,
+    store: Option<String>,
+    only: BTreeSet<Phase>,
+}
+
+enum Mode {
+    Bench(Options),
+    /// The ceiling server (a child of the benchmark).
+    Ceiling,
+    /// Run by `cargo test`/`nextest`: nothing to do. `listing` = `--list`.
+    Idle {
+        listing: bool,
+    },
+}
+
+fn parse_args(args: &[String]) -> Result<Mode, String> {
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if has("--serve-ceiling") {
+        return Ok(Mode::Ceiling);
+    }
+    if has("--list") || !has("--bench") {
+        return Ok(Mode::Idle {
+            listing: has("--list"),
+        });
+    }
+    let mut opts = Options {
+        quick: false,
+        json: None,
+        store: None,
+        only: Phase::ALL.into_iter().collect(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().cloned().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--bench" => {}
+            "--quick" => opts.quick = true,
+            "--json" => opts.json = Some(PathBuf::from(value()?)),
+            "--store" => opts.store = Some(value()?),
+            "--only" => {
+                opts.only = value()?
+                    .split(',')
+                    .map(|p| Phase::parse(p).ok_or(format!("--only: unknown phase {p:?}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Mode::Bench(opts))
+}
+
+/// How long each step runs; `--quick` shrinks everything to fit ~1 minute.
+struct Plan {
+    warmup: Duration,
+    saturate: Duration,
+    paced: Duration,
+    e2e: Duration,
+    batch_changes: usize,
+    batch_rate: f64,
+    resync_sizes: &'static [u64],
+    resync_timeout: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                warmup: Duration::from_millis(500),
+                saturate: Duration::from_secs(3),
+                paced: Duration::from_secs(2),
+                e2e: Duration::from_secs(3),
+                batch_changes: 10_000,
+                batch_rate: 2_000.0,
+                resync_sizes: &[100_000],
+                resync_timeout: Duration::from_secs(60),
+            }
+        } else {
+            Plan {
+                warmup: Duration::from_secs(1),
+                saturate: Duration::from_secs(10),
+                paced: Duration::from_secs(6),
+                e2e: Duration::from_secs(10),
+                batch_changes: 20_000,
+                batch_rate: 2_000.0,
+                resync_sizes: &[100_000, 1_000_000],
+                resync_timeout: Duration::from_secs(150),
+            }
+        }
+    }
+}
+
+/// What every phase needs.
+struct Ctx {
+    opts: Options,
+    plan: Plan,
+    http: reqwest::Client,
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse_args(&args) {
+        Ok(Mode::Bench(opts)) => run_bench(opts),
+        Ok(Mode::Ceiling) => serve_ceiling(),
+        Ok(Mode::Idle { listing }) => {
+            // nextest parses `--list` output: print nothing there.
+            if !listing {
+                eprintln!("koala_bench: nothing to do outside `cargo bench` ({USAGE})");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("koala_bench: {message}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_bench(opts: Options) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(MAX_IN_FLIGHT)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client");
+    let ctx = Ctx {
+        plan: Plan::new(opts.quick),
+        opts,
+        http,
+    };
+    let mut report = Report::default();
+    let result = runtime.block_on(run_phases(&ctx, &mut report));
+    report.print(&ctx);
+    if let Some(path) = &ctx.opts.json {
+        match std::fs::write(path, report.to_json(&ctx).to_string()) {
+            Ok(()) => eprintln!("figures written to {}", path.display()),
+            Err(e) => eprintln!("koala_bench: cannot write {}: {e}", path.display()),
+        }
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("koala_bench: stopped: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_phases(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let only = &ctx.opts.only;
+    if only.contains(&Phase::Ingest) || only.contains(&Phase::Memory) {
+        bench_ingest_and_memory(ctx, report).await?;
+    }
+    if only.contains(&Phase::E2e) {
+        bench_e2e(ctx, report).await?;
+    }
+    if only.contains(&Phase::Batch) {
+        bench_batch(ctx, report).await?;
+    }
+    if only.contains(&Phase::Resync) {
+        bench_resync(ctx, report).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- koala process
+
+/// What varies between the koala processes the phases start.
+#[derive(Default)]
+struct KoalaSetup {
+    /// TOML `[[destinations]]` block, if any.
+    destination: String,
+    /// The audience's `sync` list items.
+    sync: String,
+    /// Extra keys under `[customerio]`.
+    customerio: String,
+}
+
+/// A `koala serve` child with its own temp dir. Killed when dropped.
+struct Koala {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Koala {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Koala {
+    async fn start(ctx: &Ctx, setup: &KoalaSetup) -> anyhow::Result<Koala> {
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let store_url = match &ctx.opts.store {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", dir.path().join("koala.db").display()),
+        };
+        let port = free_port()?;
+        let config_path = dir.path().join("koala.toml");
+        std::fs::write(&config_path, koala_config(port, &store_url, setup))?;
+        let log = dir.path().join("koala.log");
+        let out = std::fs::File::create(&log)?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_koala"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("KOALA_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // Overrides from the caller's shell would change what is measured.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("KOALA_")) {
+            command.env_remove(key);
+        }
+        command.env("KOALA_LOG", "warn");
+        let child = command.spawn().context("spawning koala")?;
+        let mut koala = Koala {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        };
+        koala.wait_ready(&ctx.http, &store_url).await?;
+        Ok(koala)
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client, store_url: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(start_failure(
+                    store_url,
+                    &status.to_string(),
+                    &self.log_tail()
+                ));
+            }
+            let ready = http.get(format!("{}/readyz", self.base)).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(start_failure(
+                    store_url,
+                    "not ready after 30 s",
+                    &self.log_tail()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// A `/proc/<pid>/status` memory line (VmRSS, VmHWM) in MB.
+    fn memory_mb(&self, key: &str) -> Option<f64> {
+        proc_status_kb(self.child.id(), key).map(|kb| kb as f64 / 1024.0)
+    }
+
+    fn target(&self, http: &reqwest::Client) -> Target {
+        Target::new(http, &self.base)
+    }
+}
+
+fn start_failure(store_url: &str, how: &str, log: &str) -> String {
+    let store = redact(store_url);
+    let hint = if store_url.starts_with("postgres") {
+        "\nThe PostgreSQL store does not exist in koala yet: the config accepts a postgres:// \
+         URL but koala cannot open it. Run without --store to use the embedded SQLite store."
+    } else {
+        ""
+    };
+    format!("koala did not start with store {store} ({how}).{hint}\nlast lines of its log:\n{log}")
+}
+
+/// The store URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn koala_config(port: u16, store_url: &str, setup: &KoalaSetup) -> String {
+    let store = toml::Value::String(store_url.to_owned());
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_token = "{ADMIN_TOKEN}"
+[store]
+url = {store}
+[customerio]
+webhook_signing_keys = ["{WEBHOOK_KEY}"]
+{cio}
+[[audiences]]
+name = "{AUDIENCE}"
+segment_id = {SEGMENT}
+sync = [{sync}]
+{destination}
+"#,
+        cio = setup.customerio,
+        sync = setup.sync,
+        destination = setup.destination,
+    )
+}
+
+/// koala's Meta destination pointed at the fake, with the given limits.
+fn meta_setup(meta: &FakeMeta, requests_per_second: f64, concurrency: usize) -> KoalaSetup {
+    KoalaSetup {
+        destination: format!(
+            r#"
+[[destinations]]
+name = "meta"
+type = "meta_custom_audiences"
+base_url = "{base}"
+access_token = "{FAKE_META_TOKEN}"
+ad_account_id = "act_1234"
+max_batch = {META_MAX_BATCH}
+concurrency = {concurrency}
+requests_per_second = {requests_per_second:?}
+min_linger = "0s"
+request_timeout = "5s"
+base_backoff = "20ms"
+max_backoff = "200ms"
+"#,
+            base = meta.base_url()
+        ),
+        sync: format!(r#"{{ destination = "meta", audience_id = "{META_AUDIENCE}" }}"#),
+        customerio: String::new(),
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+// ---------------------------------------------------------------- ceiling process
+
+/// The ceiling server: this binary re-executed with `--serve-ceiling`.
+struct Ceiling {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Ceiling {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ceiling {
+    fn start() -> anyhow::Result<Ceiling> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--serve-ceiling")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning the ceiling server")?;
+        let stdout = child.stdout.take().context("ceiling stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let port: u16 = line.trim().parse().context("ceiling port")?;
+        Ok(Ceiling {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
+fn serve_ceiling() -> ExitCode {
+    // The benchmark holds our stdin: when it goes away, so do we.
+    std::thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the ceiling server");
+        let port = listener.local_addr().expect("local address").port();
+        println!("{port}");
+        std::io::stdout().flush().expect("stdout");
+        let keys = Arc::new(vec![Secret::new(WEBHOOK_KEY)]);
+        let app = axum::Router::new()
+            .route(
+                "/webhooks/customerio/segments",
+                axum::routing::post(ceiling_webhook),
+            )
+            .with_state(keys);
+        axum::serve(listener, app).await.expect("ceiling server");
+    });
+    ExitCode::SUCCESS
+}
+
+/// Signature check only: what any webhook receiver must do at the least.
+async fn ceiling_webhook(
+    State(keys): State<Arc<Vec<Secret>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let checked = verify(
+        &keys,
+        header("x-cio-timestamp"),
+        header("x-cio-signature"),
+        &body,
+        unix_now(),
+        Duration::from_secs(8 * 86_400),
+    );
+    match checked {
+        Ok(()) => (StatusCode::OK, r#"{"status":"accepted"}"#),
+        Err(_) => (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#),
+    }
+}
+
+// ---------------------------------------------------------------- load generation
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+/// Where signed segment webhooks go.
+#[derive(Clone)]
+struct Target {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Target {
+    fn new(http: &reqwest::Client, base: &str) -> Target {
+        Target {
+            http: http.clone(),
+            url: format!("{base}/webhooks/customerio/segments"),
+        }
+    }
+
+    /// `person` enters the segment now; Ok on a 2xx answer.
+    async fn post(&self, person: &str) -> Result<(), String> {
+        let now = unix_now();
+        let ts = now.to_string();
+        let body = webhook_body(person, now);
+        let signature = sign(WEBHOOK_KEY, &ts, body.as_bytes());
+        let response = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("x-cio-timestamp", ts)
+            .header("x-cio-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        // Read the body so the connection goes back to the pool.
+        let text = response.bytes().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{status}: {}", String::from_utf8_lossy(&text)))
+        }
+    }
+}
+
+/// What the README's Liquid template renders for `person`.
+fn webhook_body(person: &str, occurred_at: i64) -> String {
+    format!(
+        r#"{{"segment_id":{SEGMENT},"action":"entered","occurred_at":{occurred_at},"campaign_id":"11","identifiers":{{"id":"{person}","cio_id":"c{person}","email":"{person}@example.com","phone":""}},"attributes":{{"first_name":"Ann","last_name":"Lee"}}}}"#
+    )
+}
+
+/// Distinct person ids, so every webhook is a real insert.
+#[derive(Clone)]
+struct People {
+    prefix: &'static str,
+    next: Arc<AtomicU64>,
+}
+
+impl People {
+    fn new(prefix: &'static str) -> People {
+        People {
+            prefix,
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn next(&self) -> String {
+        format!(
+            "{}{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, result: &Result<(), String>) {
+        match result {
+            Ok(()) => self.ok += 1,
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.clone());
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+struct Saturation {
+    tally: Tally,
+    secs: f64,
+}
+
+impl Saturation {
+    fn rate(&self) -> f64 {
+        self.tally.ok as f64 / self.secs
+    }
+}
+
+/// Closed loop: `CONNECTIONS` tasks each send as fast as answers come back.
+async fn saturate(target: &Target, people: &People, run: Duration, label: &str) -> Saturation {
+    let bar = spinner(label);
+    let started = Instant::now();
+    let deadline = started + run;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (target, people, bar) = (target.clone(), people.clone(), bar.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while Instant::now() < deadline {
+                    tally.add(&target.post(&people.next()).await);
+                    bar.inc(1);
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for task in tasks {
+        tally.merge(task.await.expect("load task"));
+    }
+    bar.finish_and_clear();
+    Saturation {
+        tally,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// One open-loop request: when it was due, when its answer was read.
+struct Sent {
+    index: usize,
+    scheduled: Instant,
+    acked: Instant,
+    result: Result<(), String>,
+}
+
+/// Open loop: request `i` is due at `start + i / rate` whatever happened to
+/// earlier ones, and its latency counts from then (no coordinated omission).
+async fn paced(
+    target: &Target,
+    rate: f64,
+    count: usize,
+    person: impl Fn(usize) -> String,
+    label: &str,
+) -> Vec<Sent> {
+    let bar = counter(count as u64, label);
+    let gate = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let start = Instant::now() + Duration::from_millis(5);
+    let mut tasks = Vec::with_capacity(count);
+    for index in 0..count {
+        let scheduled = start + Duration::from_secs_f64(index as f64 / rate);
+        if scheduled > Instant::now() {
+            tokio::time::sleep_until(scheduled.into()).await;
+        }
+        let permit = gate.clone().acquire_owned().await.expect("gate open");
+        let (target, name, bar) = (target.clone(), person(index), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let result = target.post(&name).await;
+            let acked = Instant::now();
+            drop(permit);
+            bar.inc(1);
+            Sent {
+                index,
+                scheduled,
+                acked,
+                result,
+            }
+        }));
+    }
+    let mut sent = Vec::with_capacity(count);
+    for task in tasks {
+        sent.push(task.await.expect("paced task"));
+    }
+    bar.finish_and_clear();
+    sent
+}
+
+fn spinner(label: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template(
+            "{prefix:<44} {spinner} {pos} requests, {per_sec} [{elapsed}]",
+        )
+        .expect("template"),
+    );
+    bar.set_prefix(label.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn counter(len: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_style(
+        ProgressStyle::with_template("{prefix:<44} {bar:30} {pos}/{len} [{elapsed}]")
+            .expect("template"),
+    );
+    bar.set_prefix(label.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+// ---------------------------------------------------------------- statistics
+
+/// Sorted latencies with nearest-rank percentiles.
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn new(mut v: Vec<Duration>) -> Latencies {
+        v.sort_unstable();
+        Latencies(v)
+    }
+
+    fn ms(&self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1].as_secs_f64() * 1000.0
+    }
+}
+
+/// Ack latencies (scheduled → answer) of the 2xx answers, and the failures.
+fn ack_latencies(sent: &[Sent]) -> (Latencies, Tally) {
+    let mut tally = Tally::default();
+    let mut v = Vec::with_capacity(sent.len());
+    for s in sent {
+        tally.add(&s.result);
+        if s.result.is_ok() {
+            v.push(s.acked - s.scheduled);
+        }
+    }
+    (Latencies::new(v), tally)
+}
+
+// ---------------------------------------------------------------- 1 & 5: ingest, memory
+
+const LOAD_LEVELS: [f64; 3] = [0.25, 0.5, 0.9];
+
+struct Level {
+    fraction: f64,
+    rate: f64,
+    latencies: Latencies,
+    tally: Tally,
+}
+
+struct ServerRun {
+    saturation: Saturation,
+    levels: Vec<Level>,
+}
+
+/// Starts koala with one audience and no destination (the durable ingest
+/// path alone); reads idle RSS, runs the ingest load against koala and the
+/// ceiling, then reads koala's peak RSS.
+async fn bench_ingest_and_memory(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let with_ingest = ctx.opts.only.contains(&Phase::Ingest);
+    let with_memory = ctx.opts.only.contains(&Phase::Memory);
+    eprintln!("== ingest{}", if with_memory { " + memory" } else { "" });
+    let koala = Koala::start(ctx, &KoalaSetup::default()).await?;
+    // Let start-up allocations settle before calling it idle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = koala.memory_mb("VmRSS");
+    let people = People::new("i");
+    let target = koala.target(&ctx.http);
+    let koala_run = if with_ingest {
+        Some(measure_server(ctx, &target, &people, "koala").await)
+    } else {
+        // Memory alone still needs the ingest load to have a peak.
+        saturate(
+            &target,
+            &people,
+            ctx.plan.saturate,
+            "koala saturation (for memory)",
+        )
+        .await;
+        None
+    };
+    let peak = koala.memory_mb("VmHWM");
+    drop(koala);
+    if let Some(koala_run) = koala_run {
+        let ceiling = Ceiling::start()?;
+        let target = Target::new(&ctx.http, &ceiling.base);
+        let ceiling_run = measure_server(ctx, &target, &People::new("c"), "ceiling").await;
+        drop(ceiling);
+        report_ingest(report, &koala_run, &ceiling_run);
+    }
+    if with_memory {
+        report.num_opt("memory", "koala RSS idle after start (VmRSS)", idle, "MB");
+        report.num_opt(
+            "memory",
+            "koala peak RSS after ingest load (VmHWM)",
+            peak,
+            "MB",
+        );
+    }
+    Ok(())
+}
+
+/// Saturation (after a warm-up), then paced load at fractions of it.
+async fn measure_server(ctx: &Ctx, target: &Target, people: &People, who: &str) -> ServerRun {
+    let plan = &ctx.plan;
+    saturate(target, people, plan.warmup, &format!("{who} warm-up")).await;
+    let saturation = saturate(target, people, plan.saturate, &format!("{who} saturation")).await;
+    eprintln!("{who}: {:.0} webhooks/s at saturation", saturation.rate());
+    let mut levels = Vec::new();
+    for fraction in LOAD_LEVELS {
+        let rate = (saturation.rate() * fraction).max(1.0);
+        let count = (rate * plan.paced.as_secs_f64()).ceil() as usize;
+        let label = format!("{who} paced {:.0}% ({rate:.0}/s)", fraction * 100.0);
+        let sent = paced(target, rate, count, |_| people.next(), &label).await;
+        let (latencies, tally) = ack_latencies(&sent);
+        eprintln!(
+            "{label}: p50 {:.2} ms, p99 {:.2} ms",
+            latencies.ms(50.0),
+            latencies.ms(99.0)
+        );
+        levels.push(Level {
+            fraction,
+            rate,
+            latencies,
+            tally,
+        });
+    }
+    ServerRun { saturation, levels }
+}
+
+fn report_ingest(report: &mut Report, koala: &ServerRun, ceiling: &ServerRun) {
+    for (who, run) in [("koala", koala), ("ceiling", ceiling)] {
+        report.num(
+            "ingest",
+            format!("{who}: accepted webhooks/s at saturation ({CONNECTIONS} conns)"),
+            run.saturation.rate(),
+            "/s",
+        );
+        report.errors(
+            "ingest",
+            &format!("{who}: saturation"),
+            &run.saturation.tally,
+        );
+        for level in &run.levels {
+            report_level(report, who, level);
+        }
+    }
+    let ratio = koala.saturation.rate() / ceiling.saturation.rate() * 100.0;
+    report.check(
+        "ingest",
+        "koala / ceiling at saturation",
+        ratio,
+        "%",
+        ">= 50%",
+        ratio >= 50.0,
+    );
+}
+
+fn report_level(report: &mut Report, who: &str, level: &Level) {
+    let at = format!(
+        "{who}: ack @ {:.0}% ({:.0}/s)",
+        level.fraction * 100.0,
+        level.rate
+    );
+    let l = &level.latencies;
+    report.num("ingest", format!("{at} p50"), l.ms(50.0), "ms");
+    let p99 = l.ms(99.0);
+    if who == "koala" && level.fraction == 0.5 {
+        report.check(
+            "ingest",
+            format!("{at} p99"),
+            p99,
+            "ms",
+            "< 25 ms",
+            p99 < 25.0,
+        );
+    } else {
+        report.num("ingest", format!("{at} p99"), p99, "ms");
+    }
+    report.num("ingest", format!("{at} p99.9"), l.ms(99.9), "ms");
+    report.errors("ingest", &at, &level.tally);
+}
+
+// ---------------------------------------------------------------- 2: end-to-end
+
+/// Webhook 2xx ack → the fake Meta receiving that person (by EXTERN_ID).
+async fn bench_e2e(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("== end-to-end");
+    let meta = FakeMeta::start().await;
+    let koala = Koala::start(ctx, &meta_setup(&meta, 1000.0, 4)).await?;
+    let target = koala.target(&ctx.http);
+    let mut expected = 0;
+    for (rate, p99_target) in [(100.0, 50.0), (1000.0, 250.0)] {
+        let count = (rate * ctx.plan.e2e.as_secs_f64()) as usize;
+        let name = move |i: usize| format!("e{rate}-{i}");
+        let label = format!("e2e paced {rate:.0}/s");
+        let sent = paced(&target, rate, count, name, &label).await;
+        expected += count;
+        wait_for_members(&meta, expected, Duration::from_secs(30)).await;
+        let arrivals = arrivals(&meta.requests());
+        let e2e = E2e::measure(&sent, &arrivals, name);
+        eprintln!(
+            "{label}: p50 {:.2} ms, p99 {:.2} ms",
+            e2e.latencies.ms(50.0),
+            e2e.latencies.ms(99.0)
+        );
+        e2e.report(report, rate, p99_target);
+    }
+    Ok(())
+}
+
+struct E2e {
+    latencies: Latencies,
+    tally: Tally,
+    missing: usize,
+    /// Arrived at Meta before the bench had read the ack (clamped to 0).
+    early: usize,
+}
+
+impl E2e {
+    fn measure(
+        sent: &[Sent],
+        arrivals: &HashMap<String, Instant>,
+        name: impl Fn(usize) -> String,
+    ) -> E2e {
+        let mut e = E2e {
+            latencies: Latencies(Vec::new()),
+            tally: Tally::default(),
+            missing: 0,
+            early: 0,
+        };
+        let mut v = Vec::with_capacity(sent.len());
+        for s in sent {
+            e.tally.add(&s.result);
+            if s.result.is_err() {
+                continue;
+            }
+            match arrivals.get(&name(s.index)) {
+                Some(&at) => {
+                    e.early += usize::from(at < s.acked);
+                    v.push(at.saturating_duration_since(s.acked));
+                }
+                None => e.missing += 1,
+            }
+        }
+        e.latencies = Latencies::new(v);
+        e
+    }
+
+    fn report(&self, report: &mut Report, rate: f64, p99_target: f64) {
+        let at = format!("ack → Meta @ {rate:.0}/s");
+        report.num("e2e", format!("{at} p50"), self.latencies.ms(50.0), "ms");
+        let p99 = self.latencies.ms(99.0);
+        report.check(
+            "e2e",
+            format!("{at} p99"),
+            p99,
+            "ms",
+            &format!("<= {p99_target:.0} ms"),
+            p99 <= p99_target,
+        );
+        report.errors("e2e", &at, &self.tally);
+        if self.missing > 0 {
+            report.num(
+                "e2e",
+                format!("{at}: never reached Meta"),
+                self.missing as f64,
+                "",
+            );
+        }
+        if self.early > 0 {
+            report.num(
+                "e2e",
+                format!("{at}: reached Meta before the ack was read"),
+                self.early as f64,
+                "",
+            );
+        }
+    }
+}
+
+/// First arrival of each EXTERN_ID in successful adds.
+fn arrivals(requests: &[RecordedRequest]) -> HashMap<String, Instant> {
+    let mut first = HashMap::new();
+    for r in requests
+        .iter()
+        .filter(|r| r.status < 300 && r.method == Method::POST)
+    {
+        let Some(col) = r.schema.iter().position(|k| k == "EXTERN_ID") else {
+            continue;
+        };
+        for row in &r.rows {
+            first.entry(row[col].clone()).or_insert(r.at);
+        }
+    }
+    first
+}
+
+/// Bounded wait for the fake to hold `n` members.
+async fn wait_for_members(meta: &FakeMeta, n: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while meta.members(META_AUDIENCE).len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- 3: batch efficiency
+
+/// A destination allowed 1 request/s while changes arrive faster: how full
+/// are the calls? The first call leaves at once on the idle destination
+/// and is reported apart.
+async fn bench_batch(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("== batch efficiency");
+    let rps = 1.0;
+    let meta = FakeMeta::start().await;
+    let koala = Koala::start(ctx, &meta_setup(&meta, rps, 2)).await?;
+    let target = koala.target(&ctx.http);
+    let (count, rate) = (ctx.plan.batch_changes, ctx.plan.batch_rate);
+    let label = format!("batch: {count} changes at {rate:.0}/s");
+    let sent = paced(&target, rate, count, |i| format!("b{i}"), &label).await;
+    let arrival_rate = sent.len() as f64 / sent_span(&sent).as_secs_f64();
+    let settle = Instant::now();
+    wait_for_members(&meta, count, Duration::from_secs(60)).await;
+    let drained_after = settle.elapsed();
+    let calls: Vec<usize> = meta
+        .successful_requests()
+        .iter()
+        .map(|r| r.rows.len())
+        .collect();
+    let (_, tally) = ack_latencies(&sent);
+    report_batch(report, &calls, arrival_rate, rps, &tally, drained_after);
+    Ok(())
+}
+
+fn sent_span(sent: &[Sent]) -> Duration {
+    let first = sent.iter().map(|s| s.scheduled).min();
+    let last = sent.iter().map(|s| s.acked).max();
+    match (first, last) {
+        (Some(a), Some(b)) if b > a => b - a,
+        _ => Duration::from_secs(1),
+    }
+}
+
+fn report_batch(
+    report: &mut Report,
+    calls: &[usize],
+    arrival_rate: f64,
+    rps: f64,
+    tally: &Tally,
+    drained_after: Duration,
+) {
+    let s = "batch";
+    report.num(
+        s,
+        "changes acked per second (arrival rate)",
+        arrival_rate,
+        "/s",
+    );
+    report.errors(s, "webhooks", tally);
+    let Some((&first, rest)) = calls.split_first() else {
+        report.text(s, "destination calls", "none reached the fake Meta".into());
+        return;
+    };
+    let rows: usize = rest.iter().sum();
+    report.num(
+        s,
+        "first call rows (idle destination, leaves at once)",
+        first as f64,
+        "",
+    );
+    report.num(s, "calls after the first", rest.len() as f64, "");
+    report.num(
+        s,
+        "last row delivered after the last ack",
+        drained_after.as_secs_f64(),
+        "s",
+    );
+    if rest.is_empty() || rows == 0 {
+        return;
+    }
+    report.num(
+        s,
+        "calls per 10,000 changes (after the first)",
+        rest.len() as f64 * 10_000.0 / rows as f64,
+        "",
+    );
+    let fill = rows as f64 / rest.len() as f64 / META_MAX_BATCH as f64 * 100.0;
+    report.check(
+        s,
+        "mean batch fill (rows per call / 10,000)",
+        fill,
+        "%",
+        ">= 95%",
+        fill >= 95.0,
+    );
+    // At 1 request/s a call can only carry what arrived in one second.
+    let best = (arrival_rate / rps / META_MAX_BATCH as f64 * 100.0).min(100.0);
+    report.num(
+        s,
+        "best fill this arrival rate allows at 1 req/s",
+        best,
+        "%",
+    );
+}
+
+// ---------------------------------------------------------------- 4: resync
+
+/// HOOK(resync): full resync of segment 42 from the fake App API, against
+/// the contract being built: `POST /v1/audiences/{name}/resync` → 202
+/// `{"id":…}`, then `GET /v1/resyncs/{id}` → `{"phase": "done"|"failed"|…,
+/// "members_seen": N, …}`. Until koala serves it (404), prints "resync: not
+/// yet available". A fresh koala per size keeps VmHWM meaningful; koala has
+/// no destination here, so this is the App API → store path alone.
+async fn bench_resync(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("== resync");
+    for &size in ctx.plan.resync_sizes {
+        if !resync_size(ctx, report, size).await? {
+            println!("resync: not yet available");
+            report.text(
+                "resync",
+                "resync",
+                "not yet available (POST /v1/audiences/{name}/resync answered 404)".into(),
+            );
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One segment size: all-new resync, then an unchanged one. False when
+/// koala has no resync endpoint.
+async fn resync_size(ctx: &Ctx, report: &mut Report, size: u64) -> anyhow::Result<bool> {
+    let api = FakeAppApi::start().await;
+    api.set_generated_segment(SEGMENT, size, "m");
+    let setup = KoalaSetup {
+        customerio: format!(
+            "app_api_key = \"{FAKE_APP_API_KEY}\"\napp_api_base_url = \"{}\"",
+            api.base_url()
+        ),
+        ..KoalaSetup::default()
+    };
+    let koala = Koala::start(ctx, &setup).await?;
+    let label = if size >= 1_000_000 {
+        format!("{}M", size / 1_000_000)
+    } else {
+        format!("{}k", size / 1_000)
+    };
+    let Some(first) = run_resync(ctx, &koala, size, &format!("resync {label}, all new")).await?
+    else {
+        return Ok(false);
+    };
+    let peak_first = koala.memory_mb("VmHWM");
+    let Some(second) = run_resync(ctx, &koala, size, &format!("resync {label}, unchanged")).await?
+    else {
+        return Ok(false);
+    };
+    let peak = koala.memory_mb("VmHWM");
+    let is_1m = size >= 1_000_000;
+    let section = "resync";
+    let name = |what: &str| format!("{label}: {what}");
+    first.report(report, &name("all new, wall"), is_1m.then_some(60.0));
+    report.num_opt(
+        section,
+        name("peak RSS after all-new (VmHWM)"),
+        peak_first,
+        "MB",
+    );
+    match peak {
+        Some(mb) if is_1m => report.check(
+            section,
+            name("peak RSS (VmHWM)"),
+            mb,
+            "MB",
+            "<= 250 MB",
+            mb <= 250.0,
+        ),
+        _ => report.num_opt(section, name("peak RSS (VmHWM)"), peak, "MB"),
+    }
+    second.report(report, &name("unchanged, wall"), None);
+    let floor = size.div_ceil(RESYNC_PAGE) as f64 / APP_API_RPS;
+    report.num(
+        section,
+        name("unchanged floor (pages / 10 req/s)"),
+        floor,
+        "s",
+    );
+    if second.phase == "done" {
+        let ratio = second.wall.as_secs_f64() / floor;
+        report.check(
+            section,
+            name("unchanged wall / floor"),
+            ratio,
+            "x",
+            "<= 2x",
+            ratio <= 2.0,
+        );
+    }
+    Ok(true)
+}
+
+struct ResyncRun {
+    wall: Duration,
+    phase: String,
+    members_seen: u64,
+    last: Value,
+}
+
+impl ResyncRun {
+    fn report(&self, report: &mut Report, name: &str, limit_secs: Option<f64>) {
+        let section = "resync";
+        if self.phase != "done" {
+            report.text(
+                section,
+                name.to_owned(),
+                format!(
+                    "{} after {:.1} s: {}",
+                    self.phase,
+                    self.wall.as_secs_f64(),
+                    self.last
+                ),
+            );
+            return;
+        }
+        let secs = self.wall.as_secs_f64();
+        match limit_secs {
+            Some(limit) => report.check(
+                section,
+                name,
+                secs,
+                "s",
+                &format!("<= {limit:.0} s"),
+                secs <= limit,
+            ),
+            None => report.num(section, name, secs, "s"),
+        }
+        report.num(
+            section,
+            format!("{name}: members seen"),
+            self.members_seen as f64,
+            "",
+        );
+    }
+}
+
+/// Triggers a resync and polls it to an end (bounded). None on 404.
+async fn run_resync(
+    ctx: &Ctx,
+    koala: &Koala,
+    size: u64,
+    label: &str,
+) -> anyhow::Result<Option<ResyncRun>> {
+    let started = Instant::now();
+    let url = format!("{}/v1/audiences/{AUDIENCE}/resync", koala.base);
+    let response = ctx
+        .http
+        .post(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await?;
+    let status = response.status();
+    if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+        return Ok(None);
+    }
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status != StatusCode::ACCEPTED {
+        bail!("POST resync answered {status}: {body}");
+    }
+    let id = match &body["id"] {
+        Value::String(s) => s.clone(),
+        Value::Null => bail!("POST resync answered 202 without an id: {body}"),
+        other => other.to_string(),
+    };
+    let bar = counter(size, label);
+    let deadline = started + ctx.plan.resync_timeout;
+    let run = loop {
+        let url = format!("{}/v1/resyncs/{id}", koala.base);
+        let job: Value = ctx
+            .http
+            .get(url)
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let phase = job["phase"].as_str().unwrap_or("unknown").to_owned();
+        let members_seen = job["members_seen"].as_u64().unwrap_or(0);
+        bar.set_position(members_seen);
+        let timed_out = Instant::now() > deadline;
+        if phase == "done" || phase == "failed" || timed_out {
+            let phase = if timed_out && phase != "done" {
+                format!("timed out ({phase})")
+            } else {
+                phase
+            };
+            break ResyncRun {
+                wall: started.elapsed(),
+                phase,
+                members_seen,
+                last: job,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bar.finish_and_clear();
+    eprintln!(
+        "{label}: {} in {:.1} s, {} members seen",
+        run.phase,
+        run.wall.as_secs_f64(),
+        run.members_seen
+    );
+    Ok(Some(run))
+}
+
+// ---------------------------------------------------------------- report
+
+enum Shown {
+    Num(f64, &'static str),
+    Text(String),
+}
+
+struct Figure {
+    section: &'static str,
+    name: String,
+    value: Shown,
+    target: Option<String>,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+}
+
+impl Report {
+    fn push(
+        &mut self,
+        section: &'static str,
+        name: String,
+        value: Shown,
+        target: Option<(&str, bool)>,
+    ) {
+        self.figures.push(Figure {
+            section,
+            name,
+            value,
+            target: target.map(|(t, _)| t.to_owned()),
+            met: target.map(|(_, m)| m),
+        });
+    }
+
+    fn num(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) {
+        self.push(section, name.into(), Shown::Num(value, unit), None);
+    }
+
+    fn num_opt(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: Option<f64>,
+        unit: &'static str,
+    ) {
+        match value {
+            Some(v) => self.num(section, name, v, unit),
+            None => self.text(section, name, "unavailable (no /proc status)".into()),
+        }
+    }
+
+    fn check(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        target: &str,
+        met: bool,
+    ) {
+        self.push(
+            section,
+            name.into(),
+            Shown::Num(value, unit),
+            Some((target, met)),
+        );
+    }
+
+    fn text(&mut self, section: &'static str, name: impl Into<String>, text: String) {
+        self.push(section, name.into(), Shown::Text(text), None);
+    }
+
+    /// Failed requests matter: a figure built on errors would mislead.
+    fn errors(&mut self, section: &'static str, what: &str, tally: &Tally) {
+        if tally.errors > 0 {
+            let first = tally.first_error.as_deref().unwrap_or("");
+            self.text(
+                section,
+                format!("{what}: failed requests"),
+                format!("{} (first: {first})", tally.errors),
+            );
+        }
+    }
+
+    fn print(&self, ctx: &Ctx) {
+        let machine = Machine::read();
+        println!();
+        println!(
+            "koala benchmark ({}) — store: {} — {} CPUs, {}, {:.1} GiB",
+            if ctx.opts.quick { "quick" } else { "full" },
+            ctx.opts
+                .store
+                .as_deref()
+                .map_or("sqlite in a temp dir".to_owned(), redact),
+            machine.cpus,
+            machine.cpu_model,
+            machine.memory_gib
+        );
+        println!();
+        println!(
+            "{:<8} {:<58} {:>14}  {:<11} result",
+            "section", "figure", "value", "target"
+        );
+        println!("{}", "-".repeat(104));
+        for f in &self.figures {
+            let result = match f.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "",
+            };
+            let target = f.target.as_deref().unwrap_or("");
+            match &f.value {
+                Shown::Num(v, unit) => {
+                    println!(
+                        "{:<8} {:<58} {:>14}  {target:<11} {result}",
+                        f.section,
+                        f.name,
+                        show(*v, unit)
+                    )
+                }
+                Shown::Text(t) => println!("{:<8} {:<58} {t}", f.section, f.name),
+            }
+        }
+    }
+
+    fn to_json(&self, ctx: &Ctx) -> Value {
+        let machine = Machine::read();
+        let figures: Vec<Value> = self
+            .figures
+            .iter()
+            .map(|f| {
+                let (value, unit) = match &f.value {
+                    Shown::Num(v, unit) => (json!(v.is_finite().then_some(*v)), json!(unit)),
+                    Shown::Text(t) => (json!(t), Value::Null),
+                };
+                json!({
+                    "section": f.section,
+                    "name": f.name,
+                    "value": value,
+                    "unit": unit,
+                    "target": f.target,
+                    "met": f.met,
+                })
+            })
+            .collect();
+        json!({
+            "mode": if ctx.opts.quick { "quick" } else { "full" },
+            "store": ctx.opts.store.as_deref().map_or("sqlite (temp dir)".to_owned(), redact),
+            "machine": {
+                "cpus": machine.cpus,
+                "cpu_model": machine.cpu_model,
+                "memory_gib": machine.memory_gib,
+            },
+            "figures": figures,
+        })
+    }
+}
+
+fn show(v: f64, unit: &str) -> String {
+    if !v.is_finite() {
+        return "n/a".into();
+    }
+    match unit {
+        "/s" => format!("{v:.0}/s"),
+        "ms" => format!("{v:.2} ms"),
+        "s" => format!("{v:.2} s"),
+        "%" => format!("{v:.1}%"),
+        "MB" => format!("{v:.1} MB"),
+        "x" => format!("{v:.2}x"),
+        _ if v.fract() == 0.0 => format!("{v:.0}"),
+        _ => format!("{v:.2}"),
+    }
+}
+
+struct Machine {
+    cpus: usize,
+    cpu_model: String,
+    memory_gib: f64,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kb: f64 = meminfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0);
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            memory_gib: mem_kb / 1024.0 / 1024.0,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Resync and reconciliation: read a segment's full membership from
+//! Customer.io's App API and drive koala (and so every destination) to it.
+//! Pages are streamed and applied as they arrive; the store diffs them
+//! against its state in chunks, so memory does not grow with the segment.
+
+mod job;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use job::{JobState, Phase, Trigger};
+
+use crate::audiences::{AudienceDef, Catalog};
+use crate::customerio::app_api::{AppApiClient, MAX_MEMBERSHIP_LIMIT};
+use crate::delivery::Wakers;
+use crate::store::{SnapshotDiff, Store};
+
+/// How many finished jobs stay visible in the API.
+const KEEP_FINISHED: usize = 200;
+
+/// Drift found by the last scheduled reconciliation of an audience.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReconcileStatus {
+    pub every_seconds: Option<u64>,
+    pub last_run_at: Option<i64>,
+    pub last_job: Option<String>,
+    pub last_outcome: Option<String>,
+    pub drift_entered: u64,
+    pub drift_exited: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error("customerio.app_api_key is not configured: resync needs Customer.io's App API")]
+    NotConfigured,
+    #[error("no audience named {0:?}")]
+    UnknownAudience(String),
+}
+
+pub struct Resyncs {
+    client: Option<AppApiClient>,
+    store: Arc<dyn Store>,
+    catalog: Catalog,
+    wakers: Wakers,
+    page_limit: u32,
+    jobs: Mutex<Jobs>,
+    reconcile: Mutex<HashMap<String, ReconcileStatus>>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    by_id: HashMap<String, Arc<Mutex<JobState>>>,
+    running: HashMap<String, String>,
+    finished: VecDeque<String>,
+}
+
+impl Resyncs {
+    pub fn new(
+        client: Option<AppApiClient>,
+        page_limit: u32,
+        store: Arc<dyn Store>,
+        catalog: Catalog,
+        wakers: Wakers,
+    ) -> Arc<Self> {
+        Arc::new(Resyncs {
+            client,
+            store,
+            catalog,
+            wakers,
+            page_limit: page_limit.clamp(1, MAX_MEMBERSHIP_LIMIT),
+            jobs: Mutex::new(Jobs::default()),
+            reconcile: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts a resync of `audience`, or returns the one already running
+    /// (`false` as the second value).
+    pub fn start(
+        self: &Arc<Self>,
+        audience: &str,
+        dry_run: bool,
+        trigger: Trigger,
+    ) -> Result<(JobState, bool), ResyncError> {
+        let def = self
+            .catalog
+            .by_name(audience)
+            .cloned()
+            .ok_or_else(|| ResyncError::UnknownAudience(audience.to_owned()))?;
+        let client = self.client.clone().ok_or(ResyncError::NotConfigured)?;
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        if let Some(id) = jobs.running.get(audience) {
+            let state = jobs.by_id[id].lock().expect("job lock").clone();
+            return Ok((state, false));
+        }
+        let state = JobState::new(&def, dry_run, trigger);
+        let id = state.id.clone();
+        let shared = Arc::new(Mutex::new(state.clone()));
+        jobs.by_id.insert(id.clone(), shared.clone());
+        jobs.running.insert(audience.to_owned(), id.clone());
+        drop(jobs);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let run = job::Run {
+                client,
+                store: this.store.clone(),
+                wakers: this.wakers.clone(),
+                audience: def,
+                state: shared.clone(),
+                page_limit: this.page_limit,
+            };
+            run.execute().await;
+            this.finished(&shared);
+        });
+        Ok((state, true))
+    }
+
+    fn finished(&self, shared: &Arc<Mutex<JobState>>) {
+        let state = shared.lock().expect("job lock").clone();
+        record_metrics(&state);
+        if state.trigger == Trigger::Schedule {
+            let mut r = self.reconcile.lock().expect("reconcile lock");
+            let status = r.entry(state.audience.clone()).or_default();
+            status.last_run_at = state.finished_at;
+            status.last_job = Some(state.id.clone());
+            status.last_outcome = Some(state.phase.as_str().to_owned());
+            status.drift_entered = state.diff.entered;
+            status.drift_exited = state.diff.exited;
+        }
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        jobs.running.remove(&state.audience);
+        jobs.finished.push_back(state.id.clone());
+        while jobs.finished.len() > KEEP_FINISHED {
+            if let Some(old) = jobs.finished.pop_front() {
+                jobs.by_id.remove(&old);
+            }
+        }
+    }
+
+    pub fn job(&self, id: &str) -> Option<JobState> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        jobs.by_id.get(id).map(|s| s.lock().expect("job lock").clone())
+    }
+
+    /// The latest job of an audience (running or finished).
+    pub fn latest_for(&self, audience: &str) -> Option<JobState> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        jobs.by_id
+            .values()
+            .map(|s| s.lock().expect("job lock").clone())
+            .filter(|s| s.audience == audience)
+            .max_by_key(|s| s.started_at)
+    }
+
+    pub fn reconcile_status(&self, audience: &str) -> Option<ReconcileStatus> {
+        self.reconcile.lock().expect("reconcile lock").get(audience).cloned()
+    }
+
+    /// Runs the scheduled reconciliation of every audience that asks for
+    /// one, until `cancel`.
+    pub fn schedule(self: &Arc<Self>, intervals: Vec<(String, Duration)>, cancel: CancellationToken) {
+        for (audience, every) in intervals {
+            self.reconcile
+                .lock()
+                .expect("reconcile lock")
+                .entry(audience.clone())
+                .or_default()
+                .every_seconds = Some(every.as_secs());
+            let this = self.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    match this.start(&audience, false, Trigger::Schedule) {
+                        Ok((job, true)) => tracing::info!(audience = %audience, job = %job.id, "scheduled reconciliation started"),
+                        Ok((job, false)) => tracing::info!(audience = %audience, job = %job.id, "reconciliation skipped: a resync is running"),
+                        Err(e) => tracing::error!(audience = %audience, error = %e, "scheduled reconciliation could not start"),
+                    }
+                }
+            });
+        }
+    }
+
+    pub fn audience(&self, name: &str) -> Option<&Arc<AudienceDef>> {
+        self.catalog.by_name(name)
+    }
+}
+
+fn record_metrics(state: &JobState) {
+    let audience = state.audience.clone();
+    metrics::counter!("koala_resync_runs_total", "audience" => audience.clone(), "trigger" => state.trigger.as_str(), "outcome" => state.phase.as_str())
+        .increment(1);
+    if state.dry_run || state.phase != Phase::Done {
+        return;
+    }
+    let SnapshotDiff { entered, exited, .. } = state.diff;
+    metrics::counter!("koala_resync_changes_total", "audience" => audience.clone(), "direction" => "entered").increment(entered);
+    metrics::counter!("koala_resync_changes_total", "audience" => audience.clone(), "direction" => "exited").increment(exited);
+    if state.trigger == Trigger::Schedule {
+        metrics::counter!("koala_reconcile_drift_total", "audience" => audience.clone(), "direction" => "entered").increment(entered);
+        metrics::counter!("koala_reconcile_drift_total", "audience" => audience.clone(), "direction" => "exited").increment(exited);
+        metrics::gauge!("koala_reconcile_last_drift", "audience" => audience.clone()).set((entered + exited) as f64);
+        if let Some(t) = state.finished_at {
+            metrics::gauge!("koala_reconcile_last_run_timestamp_seconds", "audience" => audience).set(t as f64 / 1000.0);
+        }
+    }
+}
