@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::audiences::Catalog;
 use crate::config::Config;
 use crate::customerio::app_api::AppApiClient;
-use crate::resync::Resyncs;
 use crate::delivery::{Engine, Wakers};
 use crate::destinations::{self, Destination};
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
+use crate::resync::Resyncs;
 use crate::store::Store;
 
 /// A running koala. Dropping it does not stop it: call [`RunningApp::shutdown`].

@@ -37,6 +37,22 @@ pub enum Command {
         #[arg(long, short, env = "KOALA_CONFIG")]
         config: PathBuf,
     },
+    /// Make an audience (and every destination it syncs to) exactly equal to
+    /// its Customer.io segment, read from the App API. Asks the running koala
+    /// (server.listen and server.admin_token from the config) to run the
+    /// resync, shows its progress and prints a summary.
+    Resync {
+        /// The audience's name, as in the config.
+        audience: String,
+        #[arg(long, short, env = "KOALA_CONFIG")]
+        config: PathBuf,
+        /// Only report what would change (counts and masked examples).
+        #[arg(long)]
+        dry_run: bool,
+        /// koala's base URL, if not reachable at server.listen.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 pub fn run() -> ExitCode {
@@ -44,6 +60,26 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Resync {
+            audience,
+            config,
+            dry_run,
+            url,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(crate::resync::cli::run(&config, &audience, dry_run, url)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("koala resync: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 

@@ -91,7 +91,10 @@ impl Decision {
 /// What a person's stored state is worth against a new fact: the row's own
 /// stamp, or the audience's last completed snapshot if that is newer (a
 /// full snapshot at T asserted everyone's state at T, members or not).
-pub fn effective_current(row: Option<(bool, Stamp)>, snapshot_at: Option<i64>) -> Option<(bool, Stamp)> {
+pub fn effective_current(
+    row: Option<(bool, Stamp)>,
+    snapshot_at: Option<i64>,
+) -> Option<(bool, Stamp)> {
     let is_member = row.as_ref().is_some_and(|(m, _)| *m);
     let floor = snapshot_at.map(|t| Stamp::new(t, is_member, Source::Resync, SNAPSHOT_KEY));
     match (row, floor) {

@@ -115,7 +115,11 @@ pub async fn start_resync(
             ResyncError::UnknownAudience(_) => ApiError::NotFound(e.to_string()),
             ResyncError::NotConfigured => ApiError::Conflict(e.to_string()),
         })?;
-    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     let mut body = resync_json(&state, &job).await?;
     body["already_running"] = json!(!created);
     Ok((status, Json(body)))
@@ -138,7 +142,10 @@ async fn resync_json(state: &AppState, job: &JobState) -> Result<Value, ApiError
     let mut progress = Vec::new();
     if let Some(a) = state.catalog.by_name(&job.audience) {
         for d in &a.destinations {
-            let s = state.store.destination_audience_stats(d, a.id, crate::store::now_ms()).await?;
+            let s = state
+                .store
+                .destination_audience_stats(d, a.id, crate::store::now_ms())
+                .await?;
             progress.push(json!({
                 "destination": d,
                 "pending_adds": s.pending_adds,

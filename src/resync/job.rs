@@ -211,7 +211,11 @@ impl Run {
         }
         fetcher.await.map_err(|e| e.to_string())?;
         self.update(|s| s.phase = Phase::Exits);
-        let diff = self.store.snapshot_exits(snapshot).await.map_err(|e| e.to_string())?;
+        let diff = self
+            .store
+            .snapshot_exits(snapshot)
+            .await
+            .map_err(|e| e.to_string())?;
         self.touched(&diff);
         self.update(|s| s.diff.add(diff, SAMPLE));
         Ok(())

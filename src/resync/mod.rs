@@ -3,6 +3,7 @@
 //! Pages are streamed and applied as they arrive; the store diffs them
 //! against its state in chunks, so memory does not grow with the segment.
 
+pub mod cli;
 mod job;
 
 use std::collections::{HashMap, VecDeque};
@@ -142,7 +143,9 @@ impl Resyncs {
 
     pub fn job(&self, id: &str) -> Option<JobState> {
         let jobs = self.jobs.lock().expect("jobs lock");
-        jobs.by_id.get(id).map(|s| s.lock().expect("job lock").clone())
+        jobs.by_id
+            .get(id)
+            .map(|s| s.lock().expect("job lock").clone())
     }
 
     /// The latest job of an audience (running or finished).
@@ -156,12 +159,20 @@ impl Resyncs {
     }
 
     pub fn reconcile_status(&self, audience: &str) -> Option<ReconcileStatus> {
-        self.reconcile.lock().expect("reconcile lock").get(audience).cloned()
+        self.reconcile
+            .lock()
+            .expect("reconcile lock")
+            .get(audience)
+            .cloned()
     }
 
     /// Runs the scheduled reconciliation of every audience that asks for
     /// one, until `cancel`.
-    pub fn schedule(self: &Arc<Self>, intervals: Vec<(String, Duration)>, cancel: CancellationToken) {
+    pub fn schedule(
+        self: &Arc<Self>,
+        intervals: Vec<(String, Duration)>,
+        cancel: CancellationToken,
+    ) {
         for (audience, every) in intervals {
             self.reconcile
                 .lock()
@@ -180,9 +191,15 @@ impl Resyncs {
                         _ = tick.tick() => {}
                     }
                     match this.start(&audience, false, Trigger::Schedule) {
-                        Ok((job, true)) => tracing::info!(audience = %audience, job = %job.id, "scheduled reconciliation started"),
-                        Ok((job, false)) => tracing::info!(audience = %audience, job = %job.id, "reconciliation skipped: a resync is running"),
-                        Err(e) => tracing::error!(audience = %audience, error = %e, "scheduled reconciliation could not start"),
+                        Ok((job, true)) => {
+                            tracing::info!(audience = %audience, job = %job.id, "scheduled reconciliation started")
+                        }
+                        Ok((job, false)) => {
+                            tracing::info!(audience = %audience, job = %job.id, "reconciliation skipped: a resync is running")
+                        }
+                        Err(e) => {
+                            tracing::error!(audience = %audience, error = %e, "scheduled reconciliation could not start")
+                        }
                     }
                 }
             });
@@ -201,15 +218,19 @@ fn record_metrics(state: &JobState) {
     if state.dry_run || state.phase != Phase::Done {
         return;
     }
-    let SnapshotDiff { entered, exited, .. } = state.diff;
+    let SnapshotDiff {
+        entered, exited, ..
+    } = state.diff;
     metrics::counter!("koala_resync_changes_total", "audience" => audience.clone(), "direction" => "entered").increment(entered);
     metrics::counter!("koala_resync_changes_total", "audience" => audience.clone(), "direction" => "exited").increment(exited);
     if state.trigger == Trigger::Schedule {
         metrics::counter!("koala_reconcile_drift_total", "audience" => audience.clone(), "direction" => "entered").increment(entered);
         metrics::counter!("koala_reconcile_drift_total", "audience" => audience.clone(), "direction" => "exited").increment(exited);
-        metrics::gauge!("koala_reconcile_last_drift", "audience" => audience.clone()).set((entered + exited) as f64);
+        metrics::gauge!("koala_reconcile_last_drift", "audience" => audience.clone())
+            .set((entered + exited) as f64);
         if let Some(t) = state.finished_at {
-            metrics::gauge!("koala_reconcile_last_run_timestamp_seconds", "audience" => audience).set(t as f64 / 1000.0);
+            metrics::gauge!("koala_reconcile_last_run_timestamp_seconds", "audience" => audience)
+                .set(t as f64 / 1000.0);
         }
     }
 }

@@ -308,7 +308,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies one page of a snapshot: every member is "in" at the job's
     /// stamp, through the same latest-wins rule as webhooks.
-    async fn snapshot_members(&self, job: &SnapshotJob, members: &[Identifiers]) -> Result<SnapshotDiff>;
+    async fn snapshot_members(
+        &self,
+        job: &SnapshotJob,
+        members: &[Identifiers],
+    ) -> Result<SnapshotDiff>;
 
     /// After the last page: every member the snapshot did not contain is
     /// "out" at the job's stamp.

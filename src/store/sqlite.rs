@@ -712,7 +712,11 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn snapshot_members(&self, job: &SnapshotJob, members: &[Identifiers]) -> Result<SnapshotDiff> {
+    async fn snapshot_members(
+        &self,
+        job: &SnapshotJob,
+        members: &[Identifiers],
+    ) -> Result<SnapshotDiff> {
         let mut diff = SnapshotDiff::default();
         for chunk in members.chunks(super::sqlite_snapshot::CHUNK) {
             // The writer is released between chunks so webhooks get in.

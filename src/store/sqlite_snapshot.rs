@@ -18,7 +18,12 @@ use crate::identity::Identifiers;
 pub(super) const CHUNK: usize = 5_000;
 
 fn stamp(job: &SnapshotJob, is_member: bool) -> Stamp {
-    Stamp::new(job.stamp_at, is_member, Source::Resync, format!("resync:{}", job.id))
+    Stamp::new(
+        job.stamp_at,
+        is_member,
+        Source::Resync,
+        format!("resync:{}", job.id),
+    )
 }
 
 /// Finds the person each member names (by id, then cio_id, then email, as
@@ -85,7 +90,12 @@ async fn create_people(
         let key = m.dedupe_key();
         let pid = *by_key.entry(key).or_insert_with(|| {
             let pid = next + rows.len() as i64;
-            rows.push(json!([pid, m.id, m.cio_id, m.email.as_ref().map(|e| e.as_str())]));
+            rows.push(json!([
+                pid,
+                m.id,
+                m.cio_id,
+                m.email.as_ref().map(|e| e.as_str())
+            ]));
             pid
         });
         found[i] = Some(pid);
@@ -109,11 +119,13 @@ async fn create_people(
 }
 
 async fn snapshot_floor(tx: &mut SqliteConnection, audience_id: i64) -> Result<Option<i64>> {
-    Ok(sqlx::query("SELECT snapshot_at FROM audiences WHERE audience_id = $1")
-        .bind(audience_id)
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0))
+    Ok(
+        sqlx::query("SELECT snapshot_at FROM audiences WHERE audience_id = $1")
+            .bind(audience_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0),
+    )
 }
 
 /// Records membership changes for `person_ids`, all to the same state.
@@ -199,11 +211,20 @@ async fn masked_people(tx: &mut SqliteConnection, person_ids: &[i64]) -> Result<
     Ok(rows
         .iter()
         .filter_map(|r| {
-            let (id, cio, email, phone): (Option<String>, Option<String>, Option<String>, Option<String>) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            Identifiers::new(id.as_deref(), cio.as_deref(), email.as_deref(), phone.as_deref())
-                .ok()
-                .map(|ids| ids.masked())
+            let (id, cio, email, phone): (
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ) = (r.get(0), r.get(1), r.get(2), r.get(3));
+            Identifiers::new(
+                id.as_deref(),
+                cio.as_deref(),
+                email.as_deref(),
+                phone.as_deref(),
+            )
+            .ok()
+            .map(|ids| ids.masked())
         })
         .collect())
 }
@@ -233,7 +254,11 @@ pub(super) async fn members_chunk(
     .await?
     .iter()
     .map(|r| {
-        let stamp = Stamp { at_ms: r.get(2), rank: r.get(3), key: r.get(4) };
+        let stamp = Stamp {
+            at_ms: r.get(2),
+            rank: r.get(3),
+            key: r.get(4),
+        };
         (r.get(0), (r.get(1), stamp))
     })
     .collect();
@@ -244,7 +269,9 @@ pub(super) async fn members_chunk(
     let mut entered = Vec::new();
     let mut confirmed = Vec::new();
     for (i, pid) in found.iter().enumerate() {
-        let key = pid.map(|p| p.to_string()).unwrap_or_else(|| members[i].dedupe_key());
+        let key = pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| members[i].dedupe_key());
         if !seen.insert(key) {
             continue;
         }
@@ -278,7 +305,16 @@ pub(super) async fn members_chunk(
         // destination added to the audience later has no rows yet).
         let now = crate::store::now_ms();
         for d in &job.audience.destinations {
-            set_desired(&mut tx, d, job.audience.id, &confirmed, true, job.stamp_at, now).await?;
+            set_desired(
+                &mut tx,
+                d,
+                job.audience.id,
+                &confirmed,
+                true,
+                job.stamp_at,
+                now,
+            )
+            .await?;
         }
     }
     tx.commit().await?;
@@ -313,7 +349,11 @@ pub(super) async fn exits(writer: &SqlitePool, job: &SnapshotJob) -> Result<Snap
         for r in &rows {
             let pid: i64 = r.get(0);
             cursor = pid;
-            let stored = Stamp { at_ms: r.get(1), rank: r.get(2), key: r.get(3) };
+            let stored = Stamp {
+                at_ms: r.get(1),
+                rank: r.get(2),
+                key: r.get(3),
+            };
             let eff = effective_current(Some((true, stored)), floor);
             match decide(eff.as_ref().map(|(m, s)| (*m, s)), false, &incoming) {
                 Decision::Change => exited.push(pid),
@@ -325,7 +365,8 @@ pub(super) async fn exits(writer: &SqlitePool, job: &SnapshotJob) -> Result<Snap
         let room = job.sample_limit.saturating_sub(diff.sample_exited.len());
         if room > 0 {
             let sample: Vec<i64> = exited.iter().take(room).copied().collect();
-            diff.sample_exited.extend(masked_people(&mut tx, &sample).await?);
+            diff.sample_exited
+                .extend(masked_people(&mut tx, &sample).await?);
         }
         if !job.dry_run {
             apply_changes(&mut tx, job, &exited, false).await?;
@@ -335,7 +376,11 @@ pub(super) async fn exits(writer: &SqlitePool, job: &SnapshotJob) -> Result<Snap
     Ok(diff)
 }
 
-pub(super) async fn finish(conn: &mut SqliteConnection, job: &SnapshotJob, completed: bool) -> Result<()> {
+pub(super) async fn finish(
+    conn: &mut SqliteConnection,
+    job: &SnapshotJob,
+    completed: bool,
+) -> Result<()> {
     sqlx::query("DELETE FROM resync_seen WHERE job_id = $1")
         .bind(&job.id)
         .execute(&mut *conn)

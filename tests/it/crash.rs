@@ -62,12 +62,12 @@ async fn post(base: &str, body: &serde_json::Value) -> bool {
     matches!(r, Ok(r) if r.status().is_success())
 }
 
-#[tokio::test]
-async fn a_run_killed_mid_delivery_and_restarted_converges_to_the_exact_audience() {
-    let fake = FakeMeta::start().await;
-    fake.set_latency(Duration::from_millis(30));
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("koala.toml");
+fn write_config(
+    dir: &tempfile::TempDir,
+    fake: &FakeMeta,
+    destination_extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.path().join("koala.toml");
     let text = format!(
         "[store]\nurl = \"sqlite://{}/koala.db\"\n",
         dir.path().display()
@@ -79,10 +79,9 @@ name = "meta"
 type = "meta_custom_audiences"
 base_url = "{}"
 access_token = "{FAKE_META_TOKEN}"
-max_batch = 25
-concurrency = 2
 base_backoff = "20ms"
 max_backoff = "200ms"
+{destination_extra}
 "#,
             fake.base_url()
         )
@@ -90,7 +89,16 @@ max_backoff = "200ms"
             &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
             "mirror",
         );
-    std::fs::write(&config_path, &text).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_run_killed_mid_delivery_and_restarted_converges_to_the_exact_audience() {
+    let fake = FakeMeta::start().await;
+    fake.set_latency(Duration::from_millis(30));
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(&dir, &fake, "max_batch = 25\nconcurrency = 2");
 
     // 300 people enter; the first 100 exit later. Expected: p100..p299.
     let t0 = 1_750_000_000;
@@ -132,4 +140,46 @@ max_backoff = "200ms"
     koala.child.kill().unwrap();
     koala.child.wait().unwrap();
     assert_eq!(kills, 2);
+}
+
+#[tokio::test]
+async fn sigterm_stops_taking_webhooks_finishes_requests_in_flight_and_exits() {
+    let fake = FakeMeta::start().await;
+    fake.set_latency(Duration::from_millis(700));
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(&dir, &fake, "");
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("[server]", "[server]\nshutdown_grace = \"5s\"");
+    std::fs::write(&config_path, text).unwrap();
+    let port = free_port();
+    let mut koala = spawn_koala(&config_path, port).await;
+    assert!(
+        post(
+            &koala.base,
+            &segment_body(CART_SEGMENT, "u1", "entered", 1_750_000_000)
+        )
+        .await
+    );
+    // The add is now in flight (the fake takes 700 ms to answer).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = koala.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exited = tokio::task::spawn_blocking(move || koala.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exited.success(), "{exited:?}");
+    // The request in flight was finished, not abandoned.
+    assert!(fake.members(AUD).contains("u1"));
+    assert!(
+        !post(
+            &format!("http://127.0.0.1:{port}"),
+            &segment_body(CART_SEGMENT, "u2", "entered", 1_750_000_000)
+        )
+        .await
+    );
 }

@@ -11,7 +11,6 @@ use crate::support::fake_app_api::*;
 use crate::support::fake_meta::*;
 use crate::support::wait::until;
 
-
 const T0: i64 = 1_750_000_000;
 const AUD: &str = "23850000000000";
 const LONG: Duration = Duration::from_secs(60);
@@ -37,16 +36,23 @@ max_backoff = "200ms"
 "#,
             meta.base_url()
         )
-        + &cart_audience(&format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#), "mirror")
+        + &cart_audience(
+            &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
+            "mirror",
+        )
         + audience_extra
 }
 
 fn member(i: &str) -> FakeMember {
-    FakeMember::id(i).with_email(&format!("{i}@example.com")).with_cio_id(&format!("cio{i}"))
+    FakeMember::id(i)
+        .with_email(&format!("{i}@example.com"))
+        .with_cio_id(&format!("cio{i}"))
 }
 
 async fn resync(app: &TestApp, query: &str) -> Value {
-    let (status, job) = app.admin_post(&format!("/v1/audiences/{CART}/resync{query}"), &json!({})).await;
+    let (status, job) = app
+        .admin_post(&format!("/v1/audiences/{CART}/resync{query}"), &json!({}))
+        .await;
     assert_eq!(status, 202, "{job}");
     job
 }
@@ -75,9 +81,16 @@ async fn a_resync_adds_missing_members_and_removes_extra_ones_everywhere() {
     let app = TestApp::start_with(&config(&api, &meta, 1000, "")).await;
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
     app.segment_event(CART_SEGMENT, "u2", "entered", T0).await;
-    until("u1, u2 at Meta", LONG, || async { meta.members(AUD) == set(&["u1", "u2"]) }).await;
+    until("u1, u2 at Meta", LONG, || async {
+        meta.members(AUD) == set(&["u1", "u2"])
+    })
+    .await;
 
-    api.set_segment(CART_SEGMENT as u64, "cart", vec![member("u2"), member("u3")]);
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u2"), member("u3")],
+    );
     let job = resync(&app, "").await;
     let done = finished(&app, job["id"].as_str().unwrap()).await;
     assert_eq!(done["phase"], "done", "{done}");
@@ -88,14 +101,19 @@ async fn a_resync_adds_missing_members_and_removes_extra_ones_everywhere() {
     assert_eq!(done["members_seen"], 2);
 
     assert_eq!(app.members(CART).await, 2);
-    until("Meta equals the segment", LONG, || async { meta.members(AUD) == set(&["u2", "u3"]) }).await;
+    until("Meta equals the segment", LONG, || async {
+        meta.members(AUD) == set(&["u2", "u3"])
+    })
+    .await;
     let (_, u3) = app.admin_get("/v1/people/u3").await;
     assert_eq!(u3["history"][0]["source"], "resync");
     assert_eq!(u3["identifiers"]["email"], "u***@example.com");
     let (_, u1) = app.admin_get("/v1/people/u1").await;
     assert_eq!(u1["memberships"][0]["is_member"], false);
     assert_eq!(u1["history"][0]["source"], "resync");
-    let (_, job) = app.admin_get(&format!("/v1/resyncs/{}", job["id"].as_str().unwrap())).await;
+    let (_, job) = app
+        .admin_get(&format!("/v1/resyncs/{}", job["id"].as_str().unwrap()))
+        .await;
     assert_eq!(job["destinations"][0]["in_sync"], true);
     app.stop().await;
 }
@@ -106,18 +124,31 @@ async fn a_dry_run_reports_what_would_change_and_changes_nothing() {
     let meta = FakeMeta::start().await;
     let app = TestApp::start_with(&config(&api, &meta, 1000, "")).await;
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
-    until("u1 at Meta", LONG, || async { meta.members(AUD) == set(&["u1"]) }).await;
+    until("u1 at Meta", LONG, || async {
+        meta.members(AUD) == set(&["u1"])
+    })
+    .await;
     let requests_before = meta.request_count();
 
-    api.set_segment(CART_SEGMENT as u64, "cart", vec![member("u2"), member("u3")]);
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u2"), member("u3")],
+    );
     let job = resync(&app, "?dry_run=true").await;
     let done = finished(&app, job["id"].as_str().unwrap()).await;
     assert_eq!(done["dry_run"], true);
     assert_eq!(done["entered"], 2);
     assert_eq!(done["exited"], 1);
     let sample = done["sample_entered"].to_string() + &done["sample_exited"].to_string();
-    assert!(sample.contains("id=u2") && sample.contains("id=u1"), "{sample}");
-    assert!(!sample.contains("u2@example.com"), "samples are masked: {sample}");
+    assert!(
+        sample.contains("id=u2") && sample.contains("id=u1"),
+        "{sample}"
+    );
+    assert!(
+        !sample.contains("u2@example.com"),
+        "samples are masked: {sample}"
+    );
 
     assert_eq!(app.members(CART).await, 1);
     assert_eq!(app.admin_get("/v1/people/u2").await.0, 404);
@@ -134,7 +165,9 @@ async fn a_second_request_returns_the_running_job() {
     // 50 pages at 10 requests/second keep the first job running for seconds.
     api.set_generated_segment(CART_SEGMENT as u64, 500, "g");
     let first = resync(&app, "").await;
-    let (status, second) = app.admin_post(&format!("/v1/audiences/{CART}/resync"), &json!({})).await;
+    let (status, second) = app
+        .admin_post(&format!("/v1/audiences/{CART}/resync"), &json!({}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(second["id"], first["id"]);
     assert_eq!(second["already_running"], true);
@@ -159,15 +192,34 @@ async fn newer_webhooks_racing_a_resync_win_and_older_ones_after_it_are_stale() 
     let job = resync(&app, "").await;
     // While pages are being fetched, newer truth arrives by webhook.
     let later = chrono::Utc::now().timestamp() + 2;
-    assert_eq!(app.segment_event(CART_SEGMENT, "u9", "exited", later).await.0, 200);
-    assert_eq!(app.segment_event(CART_SEGMENT, "u8", "entered", later).await.0, 200);
+    assert_eq!(
+        app.segment_event(CART_SEGMENT, "u9", "exited", later)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.segment_event(CART_SEGMENT, "u8", "entered", later)
+            .await
+            .0,
+        200
+    );
     let done = finished(&app, job["id"].as_str().unwrap()).await;
     assert_eq!(done["phase"], "done");
 
     let member_of = |p: Value| p["memberships"][0]["is_member"].as_bool();
-    assert_eq!(member_of(app.admin_get("/v1/people/u9").await.1), Some(false));
-    assert_eq!(member_of(app.admin_get("/v1/people/u8").await.1), Some(true));
-    assert_eq!(member_of(app.admin_get("/v1/people/m3").await.1), Some(true));
+    assert_eq!(
+        member_of(app.admin_get("/v1/people/u9").await.1),
+        Some(false)
+    );
+    assert_eq!(
+        member_of(app.admin_get("/v1/people/u8").await.1),
+        Some(true)
+    );
+    assert_eq!(
+        member_of(app.admin_get("/v1/people/m3").await.1),
+        Some(true)
+    );
 
     // A webhook from before the snapshot, delivered late, changes nothing.
     let (_, late) = app.segment_event(CART_SEGMENT, "u7", "entered", T0).await;
@@ -189,7 +241,10 @@ async fn an_app_api_outage_mid_resync_fails_the_job_and_leaves_state_consistent(
     let job = resync(&app, "").await;
     let failed = finished(&app, job["id"].as_str().unwrap()).await;
     assert_eq!(failed["phase"], "failed", "{failed}");
-    assert!(failed["error"].as_str().unwrap().contains("App API"), "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("App API"),
+        "{failed}"
+    );
     assert_eq!(failed["pages_fetched"], 3);
     // Entries seen so far are true facts; no exit was applied from a
     // partial snapshot.
@@ -216,10 +271,20 @@ async fn an_unknown_segment_fails_the_job_and_without_a_key_resync_is_refused() 
     app.stop().await;
 
     let app = TestApp::start().await;
-    let (status, body) = app.admin_post(&format!("/v1/audiences/{CART}/resync"), &json!({})).await;
+    let (status, body) = app
+        .admin_post(&format!("/v1/audiences/{CART}/resync"), &json!({}))
+        .await;
     assert_eq!(status, 409);
-    assert!(body["error"]["message"].as_str().unwrap().contains("app_api_key"));
-    assert_eq!(app.admin_post("/v1/audiences/nope/resync", &json!({})).await.0, 404);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("app_api_key"));
+    assert_eq!(
+        app.admin_post("/v1/audiences/nope/resync", &json!({}))
+            .await
+            .0,
+        404
+    );
     app.stop().await;
 }
 
@@ -233,7 +298,11 @@ async fn scheduled_reconciliation_applies_drift_and_reports_it() {
     );
     let app = TestApp::start_with(&cfg).await;
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
-    api.set_segment(CART_SEGMENT as u64, "cart", vec![member("u1"), member("missed")]);
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u1"), member("missed")],
+    );
     until("drift reported", LONG, || async {
         app.audience(CART).await["reconcile"]["drift_entered"] == 1
     })
@@ -243,7 +312,64 @@ async fn scheduled_reconciliation_applies_drift_and_reports_it() {
     assert_eq!(a["reconcile"]["every_seconds"], 1);
     assert_eq!(a["members"], 2);
     let m = app.metrics().await;
-    assert!(metric_value(&m, "koala_reconcile_drift_total", &[("audience", CART), ("direction", "entered")]) >= 1.0);
-    until("missed reaches Meta", LONG, || async { meta.members(AUD).contains("missed") }).await;
+    assert!(
+        metric_value(
+            &m,
+            "koala_reconcile_drift_total",
+            &[("audience", CART), ("direction", "entered")]
+        ) >= 1.0
+    );
+    until("missed reaches Meta", LONG, || async {
+        meta.members(AUD).contains("missed")
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_runs_a_resync_and_prints_a_summary() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let cfg = config(&api, &meta, 1000, "");
+    let app = TestApp::start_with(&cfg).await;
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u1"), member("u2")],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("koala.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let run = |dry: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_koala"));
+        cmd.args(["resync", CART, "--config"])
+            .arg(&path)
+            .args(["--url", &app.base]);
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        cmd.output()
+    };
+    let out = run(true).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("dry run") && text.contains("entered         2"),
+        "{text}"
+    );
+    assert_eq!(app.members(CART).await, 0);
+
+    let out = run(false).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(": done") && text.contains("entered         2"),
+        "{text}"
+    );
+    assert_eq!(app.members(CART).await, 2);
     app.stop().await;
 }

@@ -1,0 +1,139 @@
+//! `koala resync`: asks the running koala to resync an audience and follows
+//! the job with a progress bar, then prints a summary.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// Returns whether the job finished successfully.
+pub async fn run(
+    config: &Config,
+    audience: &str,
+    dry_run: bool,
+    url: Option<String>,
+) -> anyhow::Result<bool> {
+    let base = url.unwrap_or_else(|| {
+        let addr = config.server.listen;
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("http://{host}:{}", addr.port())
+    });
+    let base = base.trim_end_matches('/').to_owned();
+    let token = config.server.admin_token.expose().to_owned();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let start = http
+        .post(format!(
+            "{base}/v1/audiences/{audience}/resync?dry_run={dry_run}"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .with_context(|| format!("is koala serving at {base}?"))?;
+    let status = start.status();
+    let job: Value = start.json().await.context("reading koala's answer")?;
+    if !status.is_success() {
+        bail!(
+            "{}",
+            job["error"]["message"].as_str().unwrap_or("resync refused")
+        );
+    }
+    if job["already_running"] == true {
+        eprintln!("a resync of {audience} is already running; following it");
+    }
+    let id = job["id"]
+        .as_str()
+        .context("no job id in koala's answer")?
+        .to_owned();
+
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:<40} [{bar:30}] {pos}/{len} members ({elapsed})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let job = loop {
+        let job: Value = http
+            .get(format!("{base}/v1/resyncs/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if let Some(n) = job["expected_members"].as_u64() {
+            bar.set_length(n);
+        }
+        bar.set_position(job["members_seen"].as_u64().unwrap_or(0));
+        bar.set_message(format!(
+            "{} · page {} · +{} −{}",
+            job["phase"].as_str().unwrap_or("?"),
+            job["pages_fetched"],
+            job["entered"],
+            job["exited"]
+        ));
+        if matches!(job["phase"].as_str(), Some("done" | "failed")) {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    bar.finish_and_clear();
+    print_summary(audience, &job);
+    Ok(job["phase"] == "done")
+}
+
+fn print_summary(audience: &str, job: &Value) {
+    let would = if job["dry_run"] == true {
+        " (dry run: nothing changed)"
+    } else {
+        ""
+    };
+    println!(
+        "resync {} of {audience}: {}{would}",
+        job["id"].as_str().unwrap_or("?"),
+        job["phase"].as_str().unwrap_or("?")
+    );
+    println!("  pages fetched   {}", job["pages_fetched"]);
+    println!(
+        "  members seen    {} (skipped without identifier: {})",
+        job["members_seen"], job["members_skipped"]
+    );
+    println!("  entered         {}", job["entered"]);
+    println!("  exited          {}", job["exited"]);
+    println!("  unchanged       {}", job["unchanged"]);
+    println!("  stale           {} (newer webhooks won)", job["stale"]);
+    println!("  new people      {}", job["new_people"]);
+    for (label, key) in [
+        ("would enter", "sample_entered"),
+        ("would exit", "sample_exited"),
+    ] {
+        if let Some(sample) = job[key].as_array().filter(|s| !s.is_empty()) {
+            let items: Vec<_> = sample.iter().filter_map(Value::as_str).collect();
+            println!("  e.g. {label}: {}", items.join(", "));
+        }
+    }
+    if let Some(dests) = job["destinations"].as_array() {
+        for d in dests {
+            println!(
+                "  destination {}: {} adds and {} removes pending, {} acknowledged members",
+                d["destination"].as_str().unwrap_or("?"),
+                d["pending_adds"],
+                d["pending_removes"],
+                d["acknowledged_members"]
+            );
+        }
+    }
+    if let Some(e) = job["error"].as_str() {
+        println!("  error: {e}");
+    }
+}
