@@ -97,6 +97,11 @@ pub async fn start_with(
             .await?,
     );
     let wakers = Wakers::new(destinations.iter().map(|d| d.name()));
+    let profile_destinations: std::collections::HashSet<String> = destinations
+        .iter()
+        .filter(|d| d.needs_profile())
+        .map(|d| d.name().to_owned())
+        .collect();
     let configured_ids: HashMap<(String, String), String> = config
         .audiences
         .iter()
@@ -124,9 +129,20 @@ pub async fn start_with(
         Some(_) => Some(AppApiClient::from_config(&config)?),
         None => None,
     };
+    let needs_profiles = catalog
+        .all()
+        .iter()
+        .filter(|a| {
+            a.destinations
+                .iter()
+                .any(|d| profile_destinations.contains(d))
+        })
+        .map(|a| a.name.clone())
+        .collect();
     let resyncs = Resyncs::new(
         app_api,
         config.customerio.app_api_page_size,
+        needs_profiles,
         store.clone(),
         catalog.clone(),
         wakers,

@@ -74,6 +74,13 @@ pub trait Destination: Send + Sync + 'static {
     /// destination is configured to send.
     fn can_address(&self, person: &PersonRecord) -> bool;
 
+    /// True when the destination uses person data beyond what Customer.io's
+    /// segment membership listing carries (id, cio_id, email): a phone, or
+    /// attributes. People first seen in a resync are then looked up.
+    fn needs_profile(&self) -> bool {
+        false
+    }
+
     /// Creates the platform-side audience for `audience`; returns its id.
     /// Called only when no id is configured or recorded.
     async fn create_audience(&self, audience: &AudienceDef) -> Result<String, SendOutcome>;

@@ -3,8 +3,9 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use crate::audiences::AudienceDef;
-use crate::customerio::app_api::{AppApiClient, MembershipPage};
+use crate::customerio::app_api::{AppApiClient, IdType, MembershipPage};
 use crate::delivery::Wakers;
+use crate::identity::{Email, Phone};
 use crate::store::{now_ms, SnapshotDiff, SnapshotJob, Store};
 
 /// Masked identifiers kept as examples in a job's report.
@@ -20,6 +21,8 @@ pub enum Phase {
     Fetching,
     /// All pages in: applying exits for members the segment no longer has.
     Exits,
+    /// Looking up phones and attributes of people first seen in this resync.
+    Enriching,
     Done,
     Failed,
 }
@@ -30,6 +33,7 @@ impl Phase {
             Phase::Queued => "queued",
             Phase::Fetching => "fetching",
             Phase::Exits => "exits",
+            Phase::Enriching => "enriching",
             Phase::Done => "done",
             Phase::Failed => "failed",
         }
@@ -74,6 +78,11 @@ pub struct JobState {
     /// Enters, exits and the rest; in a dry run, what would change.
     #[serde(flatten)]
     pub diff: SnapshotDiff,
+    /// New people whose profiles were looked up, could not be, or were
+    /// beyond the lookup limit.
+    pub profiles_fetched: u64,
+    pub profiles_failed: u64,
+    pub profiles_skipped: u64,
     pub error: Option<String>,
 }
 
@@ -95,6 +104,9 @@ impl JobState {
             members_seen: 0,
             members_skipped: 0,
             diff: SnapshotDiff::default(),
+            profiles_fetched: 0,
+            profiles_failed: 0,
+            profiles_skipped: 0,
             error: None,
         }
     }
@@ -111,6 +123,8 @@ pub(super) struct Run {
     pub audience: Arc<AudienceDef>,
     pub state: Arc<Mutex<JobState>>,
     pub page_limit: u32,
+    /// Whether a destination of the audience needs phones or attributes.
+    pub enrich: bool,
 }
 
 impl Run {
@@ -218,7 +232,76 @@ impl Run {
             .map_err(|e| e.to_string())?;
         self.touched(&diff);
         self.update(|s| s.diff.add(diff, SAMPLE));
+        if self.enrich && !snapshot.dry_run {
+            self.fetch_profiles(snapshot).await;
+        }
         Ok(())
+    }
+
+    /// The membership listing carries id, cio_id and email only; people
+    /// first seen here get their phone and attributes from the App API
+    /// (within its rate limit), and destinations get the fuller record.
+    async fn fetch_profiles(&self, snapshot: &SnapshotJob) {
+        let (ids, total) = {
+            let s = self.state.lock().expect("job lock");
+            (s.diff.new_person_ids.clone(), s.diff.new_people)
+        };
+        self.update(|s| {
+            s.phase = Phase::Enriching;
+            s.profiles_skipped = total.saturating_sub(ids.len() as u64);
+        });
+        let mut consecutive_failures = 0;
+        for pid in ids {
+            let ok = self.fetch_profile(pid, snapshot.stamp_at).await;
+            self.update(|s| {
+                if ok {
+                    s.profiles_fetched += 1
+                } else {
+                    s.profiles_failed += 1
+                }
+            });
+            consecutive_failures = if ok { 0 } else { consecutive_failures + 1 };
+            if consecutive_failures >= 20 {
+                tracing::warn!(audience = %self.audience.name, "App API keeps failing; profile lookups stopped");
+                break;
+            }
+        }
+        for d in &self.audience.destinations {
+            self.wakers.wake(d);
+        }
+    }
+
+    async fn fetch_profile(&self, person_id: i64, at_ms: i64) -> bool {
+        let Ok(Some((key, is_cio))) = self.store.person_key(person_id).await else {
+            return false;
+        };
+        let id_type = if is_cio { IdType::CioId } else { IdType::Id };
+        let customer = match self.client.customer_attributes(&key, id_type).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return true, // deleted since: nothing to add
+            Err(e) => {
+                tracing::debug!(error = %e, "profile lookup failed");
+                return false;
+            }
+        };
+        let email = customer
+            .attribute("email")
+            .and_then(|e| Email::parse(&e).ok());
+        let phone = customer
+            .attribute("phone")
+            .and_then(|p| Phone::parse(&p).ok());
+        let attributes = customer
+            .attributes
+            .into_iter()
+            .filter(|(k, v)| {
+                !matches!(k.as_str(), "id" | "cio_id" | "email" | "phone")
+                    && (v.is_string() || v.is_number() || v.is_boolean())
+            })
+            .collect();
+        self.store
+            .enrich_person(person_id, email, phone, attributes, at_ms)
+            .await
+            .is_ok()
     }
 
     fn touched(&self, diff: &SnapshotDiff) {

@@ -6,7 +6,7 @@
 pub mod cli;
 mod job;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct Resyncs {
     catalog: Catalog,
     wakers: Wakers,
     page_limit: u32,
+    /// Audiences with a destination that needs phones or attributes.
+    needs_profiles: HashSet<String>,
     jobs: Mutex<Jobs>,
     reconcile: Mutex<HashMap<String, ReconcileStatus>>,
 }
@@ -63,11 +65,13 @@ impl Resyncs {
     pub fn new(
         client: Option<AppApiClient>,
         page_limit: u32,
+        needs_profiles: HashSet<String>,
         store: Arc<dyn Store>,
         catalog: Catalog,
         wakers: Wakers,
     ) -> Arc<Self> {
         Arc::new(Resyncs {
+            needs_profiles,
             client,
             store,
             catalog,
@@ -105,6 +109,7 @@ impl Resyncs {
         drop(jobs);
         let this = self.clone();
         tokio::spawn(async move {
+            let enrich = this.needs_profiles.contains(&def.name);
             let run = job::Run {
                 client,
                 store: this.store.clone(),
@@ -112,6 +117,7 @@ impl Resyncs {
                 audience: def,
                 state: shared.clone(),
                 page_limit: this.page_limit,
+                enrich,
             };
             run.execute().await;
             this.finished(&shared);

@@ -243,6 +243,9 @@ pub struct SnapshotJob {
     pub sample_limit: usize,
 }
 
+/// New people whose profiles a resync may look up, at most.
+pub const MAX_NEW_PERSON_IDS: usize = 100_000;
+
 /// What (part of) a snapshot changed, or would change in a dry run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SnapshotDiff {
@@ -253,6 +256,9 @@ pub struct SnapshotDiff {
     pub stale: u64,
     /// People koala had never seen.
     pub new_people: u64,
+    /// Ids of the new people (bounded), for the profile lookup.
+    #[serde(skip)]
+    pub new_person_ids: Vec<i64>,
     pub sample_entered: Vec<String>,
     pub sample_exited: Vec<String>,
 }
@@ -264,6 +270,9 @@ impl SnapshotDiff {
         self.unchanged += other.unchanged;
         self.stale += other.stale;
         self.new_people += other.new_people;
+        let room = MAX_NEW_PERSON_IDS.saturating_sub(self.new_person_ids.len());
+        self.new_person_ids
+            .extend(other.new_person_ids.into_iter().take(room));
         for (mine, theirs) in [
             (&mut self.sample_entered, other.sample_entered),
             (&mut self.sample_exited, other.sample_exited),
@@ -317,6 +326,21 @@ pub trait Store: Send + Sync + 'static {
     /// After the last page: every member the snapshot did not contain is
     /// "out" at the job's stamp.
     async fn snapshot_exits(&self, job: &SnapshotJob) -> Result<SnapshotDiff>;
+
+    /// Merges a profile looked up in Customer.io (phone, attributes) into
+    /// a person, as of `at_ms`; destinations that already acknowledged the
+    /// person are sent the fuller record again.
+    async fn enrich_person(
+        &self,
+        person_id: i64,
+        email: Option<crate::identity::Email>,
+        phone: Option<crate::identity::Phone>,
+        attributes: Map<String, Value>,
+        at_ms: i64,
+    ) -> Result<()>;
+
+    /// The Customer.io id (or cio_id, prefixed `cio_`) of a person.
+    async fn person_key(&self, person_id: i64) -> Result<Option<(String, bool)>>;
 
     /// Drops the job's scratch rows; a completed, real snapshot also
     /// records its time as the audience's snapshot floor.

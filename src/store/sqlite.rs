@@ -731,6 +731,56 @@ impl Store for SqliteStore {
         super::sqlite_snapshot::exits(&self.writer, job).await
     }
 
+    async fn enrich_person(
+        &self,
+        person_id: i64,
+        email: Option<crate::identity::Email>,
+        phone: Option<crate::identity::Phone>,
+        attributes: Map<String, Value>,
+        at_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query("SELECT customer_id, cio_id FROM people WHERE person_id = $1")
+            .bind(person_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(()) };
+        let ids = Identifiers {
+            id: row.get(0),
+            cio_id: row.get(1),
+            email,
+            phone,
+        };
+        if ids.id.is_none() && ids.cio_id.is_none() {
+            return Ok(());
+        }
+        upsert_person(&mut tx, &ids, Some(&attributes), at_ms, now_ms()).await?;
+        // Already delivered with fewer identifiers: deliver again.
+        sqlx::query(
+            "UPDATE sync_state SET acked = NULL, pending = TRUE, next_attempt_at = 0
+             WHERE person_id = $1 AND desired AND acked AND dead_reason IS NULL",
+        )
+        .bind(person_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn person_key(&self, person_id: i64) -> Result<Option<(String, bool)>> {
+        Ok(
+            sqlx::query("SELECT customer_id, cio_id FROM people WHERE person_id = $1")
+                .bind(person_id)
+                .fetch_optional(&self.reader)
+                .await?
+                .and_then(|r| {
+                    let id: Option<String> = r.get(0);
+                    let cio: Option<String> = r.get(1);
+                    id.map(|i| (i, false)).or(cio.map(|c| (c, true)))
+                }),
+        )
+    }
+
     async fn finish_snapshot(&self, job: &SnapshotJob, completed: bool) -> Result<()> {
         let mut conn = self.writer.acquire().await?;
         super::sqlite_snapshot::finish(&mut conn, job, completed).await

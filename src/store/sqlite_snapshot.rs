@@ -239,7 +239,16 @@ pub(super) async fn members_chunk(
     let mut diff = SnapshotDiff::default();
     let mut found = resolve(&mut tx, members).await?;
     if !job.dry_run {
+        let before: HashSet<i64> = found.iter().flatten().copied().collect();
         diff.new_people = create_people(&mut tx, members, &mut found, job.stamp_at).await?;
+        let mut fresh: Vec<i64> = found
+            .iter()
+            .flatten()
+            .filter(|p| !before.contains(p))
+            .copied()
+            .collect();
+        fresh.dedup();
+        diff.new_person_ids = fresh;
     } else {
         diff.new_people = found.iter().filter(|f| f.is_none()).count() as u64;
     }

@@ -22,7 +22,8 @@ fn cio(api: &FakeAppApi, page_size: u32) -> String {
     )
 }
 
-fn config(api: &FakeAppApi, meta: &FakeMeta, page_size: u32, audience_extra: &str) -> String {
+/// `meta_keys`: "phone" keeps Meta's default identifiers (with the phone).
+fn config(api: &FakeAppApi, meta: &FakeMeta, page_size: u32, meta_keys: &str) -> String {
     base_config(&cio(api, page_size))
         + &format!(
             r#"
@@ -33,14 +34,19 @@ base_url = "{}"
 access_token = "{FAKE_META_TOKEN}"
 base_backoff = "20ms"
 max_backoff = "200ms"
+{}
 "#,
-            meta.base_url()
+            meta.base_url(),
+            if meta_keys == "phone" {
+                ""
+            } else {
+                "identifiers = [\"extern_id\", \"email\"]"
+            }
         )
         + &cart_audience(
             &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
             "mirror",
         )
-        + audience_extra
 }
 
 fn member(i: &str) -> FakeMember {
@@ -371,5 +377,34 @@ async fn the_cli_runs_a_resync_and_prints_a_summary() {
         "{text}"
     );
     assert_eq!(app.members(CART).await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn people_first_seen_in_a_resync_get_their_phone_from_the_app_api() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    // Meta's default identifiers include the phone, which the membership
+    // listing does not carry.
+    let app = TestApp::start_with(&config(&api, &meta, 1000, "phone")).await;
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u5").with_phone("+14155550100")],
+    );
+    let job = resync(&app, "").await;
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    assert_eq!(done["profiles_fetched"], 1);
+    let (_, person) = app.admin_get("/v1/people/u5").await;
+    assert_eq!(person["identifiers"]["phone"], "+*******0100");
+    let phone_hash = koala::normalization::sha256_hex("14155550100");
+    until("Meta has the phone", LONG, || async {
+        meta.successful_requests().iter().any(|r| {
+            let col = r.schema.iter().position(|c| c == "PHONE");
+            col.is_some_and(|c| r.rows.iter().any(|row| row[c] == phone_hash))
+        })
+    })
+    .await;
     app.stop().await;
 }

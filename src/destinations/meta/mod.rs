@@ -73,6 +73,13 @@ impl Destination for MetaDestination {
         self.encoder.can_address(person)
     }
 
+    fn needs_profile(&self) -> bool {
+        self.config
+            .identifiers
+            .iter()
+            .any(|k| !matches!(k, MetaKey::ExternId | MetaKey::Email))
+    }
+
     async fn create_audience(&self, audience: &AudienceDef) -> Result<String, SendOutcome> {
         let Some(account) = self.config.ad_account_number() else {
             return Err(SendOutcome::DestinationDown {
