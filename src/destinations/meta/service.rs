@@ -172,6 +172,11 @@ fn by_status(status: u16, retry_after: Option<Duration>, reason: String) -> Send
             reason,
         },
         401 | 403 => SendOutcome::DestinationDown { reason },
+        // Not Graph's answer at all: base_url or api_version is wrong, and
+        // every row would die the same way. Pause instead.
+        404 | 405 => SendOutcome::DestinationDown {
+            reason: format!("{reason} without a Graph error: check base_url and api_version"),
+        },
         400..=499 => SendOutcome::Permanent { reason },
         // A redirect reqwest did not follow, or a 2xx carrying an error:
         // nothing will go better until someone looks at base_url.
@@ -358,7 +363,10 @@ mod tests {
         assert_eq!(class(408, b""), "retry");
         assert_eq!(class(401, b"nope"), "destination_down");
         assert_eq!(class(403, b"nope"), "destination_down");
-        assert_eq!(class(404, b"not found"), "permanent");
+        // A 404 that is not Graph JSON means a wrong base_url: pause, do not
+        // dead-letter every row.
+        assert_eq!(class(404, b"not found"), "destination_down");
+        assert_eq!(class(400, b"bad"), "permanent");
         assert_eq!(class(400, b"garbage"), "permanent");
     }
 
