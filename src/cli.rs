@@ -37,6 +37,25 @@ pub enum Command {
         #[arg(long, short, env = "KOALA_CONFIG")]
         config: PathBuf,
     },
+    /// Play Customer.io against a running koala: send signed entry (and some
+    /// exit) webhooks for made-up people, then print the audience as koala
+    /// holds it. For trying koala out and checking a deployment's wiring.
+    Simulate {
+        #[arg(long, short, env = "KOALA_CONFIG")]
+        config: PathBuf,
+        /// How many people enter the segment.
+        #[arg(long, default_value_t = 1000)]
+        people: usize,
+        /// How many of them exit again afterwards.
+        #[arg(long, default_value_t = 100)]
+        exits: usize,
+        /// The audience whose segment to use (default: the first one).
+        #[arg(long)]
+        audience: Option<String>,
+        /// koala's base URL, if not reachable at server.listen.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Make an audience (and every destination it syncs to) exactly equal to
     /// its Customer.io segment, read from the App API. Asks the running koala
     /// (server.listen and server.admin_token from the config) to run the
@@ -60,6 +79,32 @@ pub fn run() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Simulate {
+            config,
+            people,
+            exits,
+            audience,
+            url,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let opts = crate::simulate::Options {
+                people,
+                exits,
+                audience,
+                url,
+            };
+            match runtime.block_on(crate::simulate::run(&config, opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("koala simulate: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Resync {
             audience,
             config,

@@ -14,4 +14,5 @@ pub mod ingest;
 pub mod metrics;
 pub mod normalization;
 pub mod resync;
+pub mod simulate;
 pub mod store;

@@ -110,3 +110,39 @@ fn help_explains_the_commands() {
         assert!(text.contains(word), "{word} missing from --help:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn simulate_plays_signed_webhooks_and_shows_the_audience() {
+    let app = crate::support::app::TestApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, &app.config_text);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args(["simulate", "--config"])
+        .arg(&path)
+        .args([
+            "--url",
+            &app.base,
+            "--people",
+            "50",
+            "--exits",
+            "5",
+            "--audience",
+            crate::support::app::CART,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("sent 55 webhooks") && text.contains("0 not accepted"),
+        "{text}"
+    );
+    assert!(text.contains("45 members"), "{text}");
+    assert_eq!(app.members(crate::support::app::CART).await, 45);
+    app.stop().await;
+}
