@@ -164,6 +164,6 @@ fn event(segment: u64, run: &str, i: usize, action: &str, at: i64) -> Value {
         "action": action,
         "occurred_at": at,
         "identifiers": { "id": format!("sim-{run}-{i}"), "cio_id": "", "email": email, "phone": phone },
-        "attributes": { "first_name": "Sim", "plan": if i % 2 == 0 { "gold" } else { "basic" } },
+        "attributes": { "first_name": "Sim", "plan": if i.is_multiple_of(2) { "gold" } else { "basic" } },
     })
 }
