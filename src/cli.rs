@@ -85,45 +85,44 @@ pub fn run() -> ExitCode {
             exits,
             audience,
             url,
-        } => {
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+        } => with_config(&config, "simulate", |config| async move {
             let opts = crate::simulate::Options {
                 people,
                 exits,
                 audience,
                 url,
             };
-            match runtime.block_on(crate::simulate::run(&config, opts)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("koala simulate: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+            crate::simulate::run(&config, opts).await.map(|()| true)
+        }),
         Command::Resync {
             audience,
             config,
             dry_run,
             url,
-        } => {
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(crate::resync::cli::run(&config, &audience, dry_run, url)) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("koala resync: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+        } => with_config(&config, "resync", |config| async move {
+            crate::resync::cli::run(&config, &audience, dry_run, url).await
+        }),
+    }
+}
+
+/// Loads the config and runs an async client command; `Ok(false)` and
+/// errors exit 1.
+fn with_config<F, Fut>(path: &Path, name: &str, f: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(f(config)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("koala {name}: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

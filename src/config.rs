@@ -418,6 +418,17 @@ impl Config {
         self.audiences.iter().find(|a| a.name == name)
     }
 
+    /// Where a client on this machine reaches koala (CLI commands).
+    pub fn local_base_url(&self) -> String {
+        let a = self.server.listen;
+        let host = if a.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            a.ip().to_string()
+        };
+        format!("http://{host}:{}", a.port())
+    }
+
     pub fn app_api_base_url(&self) -> String {
         self.customerio
             .app_api_base_url

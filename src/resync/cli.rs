@@ -16,15 +16,7 @@ pub async fn run(
     dry_run: bool,
     url: Option<String>,
 ) -> anyhow::Result<bool> {
-    let base = url.unwrap_or_else(|| {
-        let addr = config.server.listen;
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            addr.ip().to_string()
-        };
-        format!("http://{host}:{}", addr.port())
-    });
+    let base = url.unwrap_or_else(|| config.local_base_url());
     let base = base.trim_end_matches('/').to_owned();
     let token = config.server.admin_token.expose().to_owned();
     let http = reqwest::Client::builder()

@@ -72,19 +72,7 @@ fn write_config(
         "[store]\nurl = \"sqlite://{}/koala.db\"\n",
         dir.path().display()
     ) + &base_config("")
-        + &format!(
-            r#"
-[[destinations]]
-name = "meta"
-type = "meta_custom_audiences"
-base_url = "{}"
-access_token = "{FAKE_META_TOKEN}"
-base_backoff = "20ms"
-max_backoff = "200ms"
-{destination_extra}
-"#,
-            fake.base_url()
-        )
+        + &fake.destination_toml("meta", destination_extra)
         + &cart_audience(
             &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
             "mirror",

@@ -17,24 +17,6 @@ const T0: i64 = 1_750_000_000;
 const AUD: &str = "23850000000000";
 const LONG: Duration = Duration::from_secs(30);
 
-/// A Meta destination named `name` pointing at `fake`, with fast retries.
-fn meta_destination(name: &str, fake: &FakeMeta, extra: &str) -> String {
-    format!(
-        r#"
-[[destinations]]
-name = "{name}"
-type = "meta_custom_audiences"
-base_url = "{base}"
-access_token = "{FAKE_META_TOKEN}"
-ad_account_id = "act_1234"
-base_backoff = "20ms"
-max_backoff = "200ms"
-{extra}
-"#,
-        base = fake.base_url()
-    )
-}
-
 fn config(fake: &FakeMeta, dest_extra: &str, mode: &str) -> String {
     let dest_extra = if dest_extra.contains("request_timeout") {
         dest_extra.to_owned()
@@ -42,7 +24,7 @@ fn config(fake: &FakeMeta, dest_extra: &str, mode: &str) -> String {
         format!("request_timeout = \"2s\"\n{dest_extra}")
     };
     base_config("")
-        + &meta_destination("meta", fake, &dest_extra)
+        + &fake.destination_toml("meta", &dest_extra)
         + &cart_audience(
             &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
             mode,
@@ -398,7 +380,7 @@ async fn an_expired_token_pauses_the_destination_keeps_the_work_and_resume_deliv
 async fn the_platform_audience_is_created_once_and_reused_after_a_restart() {
     let fake = FakeMeta::start().await;
     let cfg = base_config("")
-        + &meta_destination("meta", &fake, "")
+        + &fake.destination_toml("meta", "")
         + &cart_audience(r#"{ destination = "meta" }"#, "mirror");
     let app = TestApp::start_with(&cfg).await;
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
@@ -428,8 +410,8 @@ async fn one_throttled_destination_does_not_slow_another() {
     let slow = FakeMeta::start().await;
     let fast = FakeMeta::start().await;
     let cfg = base_config("")
-        + &meta_destination("slow", &slow, "")
-        + &meta_destination("fast", &fast, "")
+        + &slow.destination_toml("slow", "")
+        + &fast.destination_toml("fast", "")
         + &cart_audience(
             &format!(
                 r#"{{ destination = "slow", audience_id = "{AUD}" }}, {{ destination = "fast", audience_id = "{AUD}" }}"#

@@ -24,25 +24,13 @@ fn cio(api: &FakeAppApi, page_size: u32) -> String {
 
 /// `meta_keys`: "phone" keeps Meta's default identifiers (with the phone).
 fn config(api: &FakeAppApi, meta: &FakeMeta, page_size: u32, meta_keys: &str) -> String {
+    let keys = if meta_keys == "phone" {
+        ""
+    } else {
+        "identifiers = [\"extern_id\", \"email\"]"
+    };
     base_config(&cio(api, page_size))
-        + &format!(
-            r#"
-[[destinations]]
-name = "meta"
-type = "meta_custom_audiences"
-base_url = "{}"
-access_token = "{FAKE_META_TOKEN}"
-base_backoff = "20ms"
-max_backoff = "200ms"
-{}
-"#,
-            meta.base_url(),
-            if meta_keys == "phone" {
-                ""
-            } else {
-                "identifiers = [\"extern_id\", \"email\"]"
-            }
-        )
+        + &meta.destination_toml("meta", keys)
         + &cart_audience(
             &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
             "mirror",

@@ -218,6 +218,25 @@ impl FakeMeta {
         FakeMeta { addr, state, task }
     }
 
+    /// A `[[destinations]]` entry for koala pointing at this fake, with
+    /// fast retries; `extra` adds or overrides keys.
+    pub fn destination_toml(&self, name: &str, extra: &str) -> String {
+        format!(
+            r#"
+[[destinations]]
+name = "{name}"
+type = "meta_custom_audiences"
+base_url = "{}"
+access_token = "{FAKE_META_TOKEN}"
+ad_account_id = "act_1234"
+base_backoff = "20ms"
+max_backoff = "200ms"
+{extra}
+"#,
+            self.base_url()
+        )
+    }
+
     /// `http://127.0.0.1:PORT` (no version, like `https://graph.facebook.com`).
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
