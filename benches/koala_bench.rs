@@ -692,10 +692,12 @@ async fn saturate(target: &Target, people: &People, run: Duration, label: &str) 
     }
 }
 
-/// One open-loop request: when it was due, when its answer was read.
+/// One open-loop request: when it was due, when the generator got to
+/// send it, when its answer was read.
 struct Sent {
     index: usize,
     scheduled: Instant,
+    dispatched: Instant,
     acked: Instant,
     result: Result<(), String>,
 }
@@ -721,6 +723,7 @@ async fn paced(
         let permit = gate.clone().acquire_owned().await.expect("gate open");
         let (target, name, bar) = (target.clone(), person(index), bar.clone());
         tasks.push(tokio::spawn(async move {
+            let dispatched = Instant::now();
             let result = target.post(&name).await;
             let acked = Instant::now();
             drop(permit);
@@ -728,6 +731,7 @@ async fn paced(
             Sent {
                 index,
                 scheduled,
+                dispatched,
                 acked,
                 result,
             }

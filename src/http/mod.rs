@@ -87,7 +87,18 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                // The route template, never the concrete path: a person's
+                // email can be part of `/v1/people/{id}`.
+                let route = request
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_else(|| "unmatched".into());
+                tracing::debug_span!("request", method = %request.method(), route)
+            }),
+        )
 }
 
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
