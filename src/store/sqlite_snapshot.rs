@@ -34,35 +34,52 @@ async fn resolve(tx: &mut SqliteConnection, members: &[Identifiers]) -> Result<V
         .map(|m| json!([m.id, m.cio_id, m.email.as_ref().map(|e| e.as_str())]))
         .collect();
     let arr = Value::Array(rows).to_string();
+    // `IN (SELECT … FROM json_each)` makes SQLite probe the people indexes
+    // once per member; a join may scan people once per member instead.
     let mut found: Vec<Option<i64>> = vec![None; members.len()];
-    for (col, idx) in [("customer_id", 0), ("cio_id", 1)] {
+    let mut index: HashMap<(usize, String), Vec<usize>> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        for (col, v) in [(0, &m.id), (1, &m.cio_id)] {
+            if let Some(v) = v {
+                index.entry((col, v.clone())).or_default().push(i);
+            }
+        }
+        if let Some(e) = &m.email {
+            index.entry((2, e.as_str().to_owned())).or_default().push(i);
+        }
+    }
+    for (col, column) in [(0, "customer_id"), (1, "cio_id")] {
         let sql = format!(
-            "SELECT j.key, p.person_id FROM json_each($1) j
-             JOIN people p ON p.{col} = json_extract(j.value, '$[{idx}]')"
+            "SELECT {column}, person_id FROM people
+             WHERE {column} IN (SELECT json_extract(value, '$[{col}]') FROM json_each($1))"
         );
         for r in sqlx::query(&sql).bind(&arr).fetch_all(&mut *tx).await? {
-            let i: i64 = r.get(0);
-            found[i as usize].get_or_insert(r.get(1));
+            let key: String = r.get(0);
+            for &i in index.get(&(col, key)).into_iter().flatten() {
+                found[i].get_or_insert(r.get(1));
+            }
         }
     }
     if found.iter().any(Option::is_none) {
         // Email is weaker: never merge into a person with another id.
         let rows = sqlx::query(
-            "SELECT j.key, p.person_id, p.customer_id, p.cio_id FROM json_each($1) j
-             JOIN people p ON p.email = json_extract(j.value, '$[2]')
-             ORDER BY p.person_id",
+            "SELECT email, person_id, customer_id, cio_id FROM people
+             WHERE email IN (SELECT json_extract(value, '$[2]') FROM json_each($1))
+             ORDER BY person_id",
         )
         .bind(&arr)
         .fetch_all(&mut *tx)
         .await?;
         for r in rows {
-            let i = r.get::<i64, _>(0) as usize;
+            let email: String = r.get(0);
             let (cid, cio): (Option<String>, Option<String>) = (r.get(2), r.get(3));
-            let m = &members[i];
-            let conflict = matches!((&m.id, &cid), (Some(a), Some(b)) if a != b)
-                || matches!((&m.cio_id, &cio), (Some(a), Some(b)) if a != b);
-            if found[i].is_none() && !conflict {
-                found[i] = Some(r.get(1));
+            for &i in index.get(&(2, email)).into_iter().flatten() {
+                let m = &members[i];
+                let conflict = matches!((&m.id, &cid), (Some(a), Some(b)) if a != b)
+                    || matches!((&m.cio_id, &cio), (Some(a), Some(b)) if a != b);
+                if found[i].is_none() && !conflict {
+                    found[i] = Some(r.get(1));
+                }
             }
         }
     }
@@ -254,8 +271,8 @@ pub(super) async fn members_chunk(
     }
     let known: Vec<i64> = found.iter().flatten().copied().collect();
     let current: HashMap<i64, (bool, Stamp)> = sqlx::query(
-        "SELECT m.person_id, m.is_member, m.stamp_at, m.stamp_rank, m.stamp_key
-         FROM json_each($2) j JOIN memberships m ON m.audience_id = $1 AND m.person_id = j.value",
+        "SELECT m.person_id, m.is_member, m.stamp_at, m.stamp_rank, m.stamp_key FROM memberships m
+         WHERE m.audience_id = $1 AND m.person_id IN (SELECT value FROM json_each($2))",
     )
     .bind(job.audience.id)
     .bind(ids_json(&known))
