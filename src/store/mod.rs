@@ -1,7 +1,10 @@
 //! Durable state behind one interface. The embedded store is SQLite (WAL);
 //! a PostgreSQL store implements the same trait with the same tables.
 
+mod people;
 mod sqlite;
+mod sqlite_ingest;
+mod sqlite_replace;
 mod sqlite_snapshot;
 
 use std::sync::Arc;
@@ -346,6 +349,41 @@ pub trait Store: Send + Sync + 'static {
     /// records its time as the audience's snapshot floor.
     async fn finish_snapshot(&self, job: &SnapshotJob, completed: bool) -> Result<()>;
 
+    // ---- full replace (a destination's whole audience in one session) ----
+
+    /// Current members of an audience with `person_id > after_person_id`,
+    /// in person_id order, at most `limit`, with identifiers and attributes.
+    async fn members_page(
+        &self,
+        audience_id: i64,
+        after_person_id: i64,
+        limit: usize,
+    ) -> Result<Vec<PersonRecord>>;
+
+    /// One replace batch was accepted: the destination holds these people
+    /// (acknowledged in; a row is created for a member that had none). They
+    /// are remembered until [`Store::finish_replace`].
+    async fn mark_replaced(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        sent_person_ids: &[i64],
+        now_ms: i64,
+    ) -> Result<()>;
+
+    /// Ends a replace begun at `started_at_ms`. Succeeded: the destination
+    /// holds exactly the people marked, so every other row is acknowledged
+    /// out. Failed part-way: what the destination holds is unknown, so
+    /// every acknowledgement of (destination, audience) is forgotten and
+    /// each current member is sent again through the normal path.
+    async fn finish_replace(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        started_at_ms: i64,
+        succeeded: bool,
+    ) -> Result<()>;
+
     // ---- delivery ----
 
     /// Releases every lease (only for exclusive stores, at start).
@@ -405,22 +443,4 @@ pub trait Store: Send + Sync + 'static {
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// How a person is looked up when merging identities.
-pub(crate) fn identity_lookup_order(ids: &Identifiers) -> Vec<(&'static str, String)> {
-    let mut order = Vec::new();
-    if let Some(id) = &ids.id {
-        order.push(("customer_id", id.clone()));
-    }
-    if let Some(c) = &ids.cio_id {
-        order.push(("cio_id", c.clone()));
-    }
-    if let Some(e) = &ids.email {
-        order.push(("email", e.as_str().to_owned()));
-    }
-    if let Some(p) = &ids.phone {
-        order.push(("phone", p.e164().to_owned()));
-    }
-    order
 }

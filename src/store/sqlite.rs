@@ -13,9 +13,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::*;
-use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
-use crate::config::AudienceMode;
-use crate::customerio::reporting::SubscriptionChange;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -59,297 +56,6 @@ pub(super) fn ids_json(ids: &[i64]) -> String {
     serde_json::to_string(ids).expect("ids serialize")
 }
 
-/// Finds the person these identifiers name, merging by id, then cio_id,
-/// then email, then phone; creates one when none matches.
-async fn upsert_person(
-    tx: &mut SqliteConnection,
-    ids: &Identifiers,
-    attributes: Option<&Map<String, Value>>,
-    occurred_at: i64,
-    now: i64,
-) -> Result<i64> {
-    let mut found: Option<(i64, Option<String>, Option<String>)> = None;
-    for (column, value) in identity_lookup_order(ids) {
-        let row = sqlx::query(&format!(
-            "SELECT person_id, customer_id, cio_id FROM people WHERE {column} = $1 ORDER BY person_id LIMIT 1"
-        ))
-        .bind(&value)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(r) = row {
-            let (pid, cid, cio): (i64, Option<String>, Option<String>) =
-                (r.get(0), r.get(1), r.get(2));
-            // Email and phone are weaker: never merge two different ids.
-            let weak = column == "email" || column == "phone";
-            let conflicts = weak
-                && (matches!((&ids.id, &cid), (Some(a), Some(b)) if a != b)
-                    || matches!((&ids.cio_id, &cio), (Some(a), Some(b)) if a != b));
-            if !conflicts {
-                found = Some((pid, cid, cio));
-                break;
-            }
-        }
-    }
-
-    let email = ids.email.as_ref().map(|e| e.as_str().to_owned());
-    let phone = ids.phone.as_ref().map(|p| p.e164().to_owned());
-    let Some((person_id, customer_id, cio_id)) = found else {
-        let attrs = attributes.cloned().unwrap_or_default();
-        let row = sqlx::query(
-            "INSERT INTO people (customer_id, cio_id, email, phone, attributes, profile_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING person_id",
-        )
-        .bind(&ids.id)
-        .bind(&ids.cio_id)
-        .bind(&email)
-        .bind(&phone)
-        .bind(Value::Object(attrs).to_string())
-        .bind(occurred_at)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        return Ok(row.get(0));
-    };
-
-    // Ids: cio_id is immutable, so a cio_id match with a new id means
-    // Customer.io gave the person a new id. Never steal another row's id.
-    let new_customer_id = match &ids.id {
-        Some(id) if customer_id.as_deref() != Some(id) && !taken(tx, "customer_id", id).await? => {
-            Some(id.clone())
-        }
-        _ => customer_id,
-    };
-    let new_cio_id = match (&ids.cio_id, &cio_id) {
-        (Some(c), None) if !taken(tx, "cio_id", c).await? => Some(c.clone()),
-        _ => cio_id,
-    };
-
-    let row =
-        sqlx::query("SELECT attributes, profile_at, email, phone FROM people WHERE person_id = $1")
-            .bind(person_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    let stored_attrs: String = row.get(0);
-    let profile_at: i64 = row.get(1);
-    let stored_email: Option<String> = row.get(2);
-    let stored_phone: Option<String> = row.get(3);
-    let newer = occurred_at >= profile_at;
-    let mut attrs: Map<String, Value> = serde_json::from_str(&stored_attrs).unwrap_or_default();
-    if let Some(incoming) = attributes {
-        for (k, v) in incoming {
-            if newer || !attrs.contains_key(k) {
-                attrs.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    let pick = |incoming: Option<String>, stored: Option<String>| {
-        if newer {
-            incoming.or(stored)
-        } else {
-            stored.or(incoming)
-        }
-    };
-    sqlx::query(
-        "UPDATE people SET customer_id = $2, cio_id = $3, email = $4, phone = $5, attributes = $6,
-                profile_at = $7, updated_at = $8 WHERE person_id = $1",
-    )
-    .bind(person_id)
-    .bind(new_customer_id)
-    .bind(new_cio_id)
-    .bind(pick(email, stored_email))
-    .bind(pick(phone, stored_phone))
-    .bind(Value::Object(attrs).to_string())
-    .bind(profile_at.max(occurred_at))
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(person_id)
-}
-
-async fn taken(tx: &mut SqliteConnection, column: &str, value: &str) -> Result<bool> {
-    Ok(
-        sqlx::query(&format!("SELECT 1 FROM people WHERE {column} = $1"))
-            .bind(value)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some(),
-    )
-}
-
-/// Marks a delivery as seen; false when it was seen before.
-async fn first_delivery(tx: &mut SqliteConnection, key: &str, now: i64) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO received (dedupe_key, received_at) VALUES ($1, $2) ON CONFLICT (dedupe_key) DO NOTHING",
-    )
-    .bind(key)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn insert_history(
-    tx: &mut SqliteConnection,
-    person_id: i64,
-    audience_id: Option<i64>,
-    source: &str,
-    kind: &str,
-    occurred_at: i64,
-    received_at: i64,
-    outcome: &str,
-    detail: Option<&Value>,
-) -> Result<i64> {
-    let row = sqlx::query(
-        "INSERT INTO events (person_id, audience_id, source, kind, occurred_at, received_at, outcome, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING event_id",
-    )
-    .bind(person_id)
-    .bind(audience_id)
-    .bind(source)
-    .bind(kind)
-    .bind(occurred_at)
-    .bind(received_at)
-    .bind(outcome)
-    .bind(detail.map(Value::to_string))
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(row.get(0))
-}
-
-/// A membership fact from any source, put through the one ordering rule.
-pub(super) struct MembershipFact<'a> {
-    pub audience: &'a AudienceDef,
-    pub person_id: i64,
-    pub is_member: bool,
-    pub stamp: Stamp,
-    pub source: Source,
-    pub received_at: i64,
-    pub detail: Option<Value>,
-}
-
-/// Applies one fact: history always; membership, audience count and
-/// desired sync states only when the fact is newer than what is stored.
-async fn apply_membership(
-    tx: &mut SqliteConnection,
-    fact: MembershipFact<'_>,
-) -> Result<AudienceOutcome> {
-    let row = sqlx::query(
-        "SELECT a.snapshot_at, m.is_member, m.stamp_at, m.stamp_rank, m.stamp_key
-         FROM audiences a LEFT JOIN memberships m ON m.audience_id = a.audience_id AND m.person_id = $2
-         WHERE a.audience_id = $1",
-    )
-    .bind(fact.audience.id)
-    .bind(fact.person_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let snapshot_at: Option<i64> = row.get(0);
-    let stored = row.get::<Option<bool>, _>(1).map(|is_member| {
-        let stamp = Stamp {
-            at_ms: row.get(2),
-            rank: row.get(3),
-            key: row.get(4),
-        };
-        (is_member, stamp)
-    });
-    let current = effective_current(stored, snapshot_at);
-    let decision = decide(
-        current.as_ref().map(|(m, s)| (*m, s)),
-        fact.is_member,
-        &fact.stamp,
-    );
-    let kind = if fact.is_member { "entered" } else { "exited" };
-    let event_id = insert_history(
-        tx,
-        fact.person_id,
-        Some(fact.audience.id),
-        fact.source.as_str(),
-        kind,
-        fact.stamp.at_ms,
-        fact.received_at,
-        decision.outcome(),
-        fact.detail.as_ref(),
-    )
-    .await?;
-
-    let mut touched = Vec::new();
-    match decision {
-        Decision::Stale => {}
-        Decision::Confirm => {
-            // Same state, newer stamp: `since` stays.
-            sqlx::query(
-                "INSERT INTO memberships (audience_id, person_id, is_member, since, stamp_at, stamp_rank, stamp_key, event_id, updated_at)
-                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)
-                 ON CONFLICT (audience_id, person_id) DO UPDATE SET
-                   stamp_at = excluded.stamp_at, stamp_rank = excluded.stamp_rank,
-                   stamp_key = excluded.stamp_key, updated_at = excluded.updated_at",
-            )
-            .bind(fact.audience.id)
-            .bind(fact.person_id)
-            .bind(fact.is_member)
-            .bind(fact.stamp.at_ms)
-            .bind(fact.stamp.rank)
-            .bind(&fact.stamp.key)
-            .bind(event_id)
-            .bind(fact.received_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Decision::Change => {
-            sqlx::query(
-                "INSERT INTO memberships (audience_id, person_id, is_member, since, stamp_at, stamp_rank, stamp_key, event_id, updated_at)
-                 VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)
-                 ON CONFLICT (audience_id, person_id) DO UPDATE SET
-                   is_member = excluded.is_member, since = excluded.since,
-                   stamp_at = excluded.stamp_at, stamp_rank = excluded.stamp_rank,
-                   stamp_key = excluded.stamp_key, event_id = excluded.event_id,
-                   updated_at = excluded.updated_at",
-            )
-            .bind(fact.audience.id)
-            .bind(fact.person_id)
-            .bind(fact.is_member)
-            .bind(fact.stamp.at_ms)
-            .bind(fact.stamp.rank)
-            .bind(&fact.stamp.key)
-            .bind(event_id)
-            .bind(fact.received_at)
-            .execute(&mut *tx)
-            .await?;
-            let delta: i64 = if fact.is_member { 1 } else { -1 };
-            sqlx::query(
-                "UPDATE audiences SET member_count = member_count + $2, last_change_at = $3 WHERE audience_id = $1",
-            )
-            .bind(fact.audience.id)
-            .bind(delta)
-            .bind(fact.received_at)
-            .execute(&mut *tx)
-            .await?;
-            // Additive audiences never remove from destinations.
-            let send = fact.is_member || fact.audience.mode == AudienceMode::Mirror;
-            if send {
-                for destination in &fact.audience.destinations {
-                    set_desired(
-                        tx,
-                        destination,
-                        fact.audience.id,
-                        &[fact.person_id],
-                        fact.is_member,
-                        fact.stamp.at_ms,
-                        fact.received_at,
-                    )
-                    .await?;
-                    touched.push(destination.clone());
-                }
-            }
-        }
-    }
-    Ok(AudienceOutcome {
-        audience: fact.audience.name.clone(),
-        outcome: decision.outcome(),
-        destinations_touched: touched,
-    })
-}
-
 /// Sets the desired state of many people at once; a row is pending while
 /// it differs from what the destination acknowledged (never-sent counts as
 /// "not a member", so an entry and exit before any send costs nothing). A
@@ -359,14 +65,15 @@ pub(super) async fn set_desired(
     tx: &mut SqliteConnection,
     destination: &str,
     audience_id: i64,
-    person_ids: &[i64],
+    rows: &[(i64, i64)],
     desired: bool,
-    desired_at: i64,
     received_at: i64,
 ) -> Result<()> {
+    let rows: Vec<[i64; 2]> = rows.iter().map(|(pid, at)| [*pid, *at]).collect();
     sqlx::query(
         "INSERT INTO sync_state (destination, audience_id, person_id, desired, desired_at, desired_received_at, pending)
-         SELECT $1, $2, value, $3, $4, $5, $3 FROM json_each($6) WHERE TRUE
+         SELECT $1, $2, json_extract(value, '$[0]'), $3, json_extract(value, '$[1]'), $4, $3
+         FROM json_each($5) WHERE TRUE
          ON CONFLICT (destination, audience_id, person_id) DO UPDATE SET
            desired = excluded.desired, desired_at = excluded.desired_at,
            desired_received_at = excluded.desired_received_at,
@@ -378,113 +85,14 @@ pub(super) async fn set_desired(
     .bind(destination)
     .bind(audience_id)
     .bind(desired)
-    .bind(desired_at)
     .bind(received_at)
-    .bind(ids_json(person_ids))
+    .bind(serde_json::to_string(&rows).expect("ids serialize"))
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-async fn apply_command(
-    tx: &mut SqliteConnection,
-    command: &IngestCommand,
-    now: i64,
-) -> Result<IngestOutcome> {
-    match command {
-        IngestCommand::Segment { event, audiences } => {
-            let key = event.dedupe_key();
-            if !first_delivery(tx, &key, now).await? {
-                return Ok(IngestOutcome::Duplicate);
-            }
-            let person_id = upsert_person(
-                tx,
-                &event.identifiers,
-                Some(&event.attributes),
-                event.occurred_at_ms,
-                now,
-            )
-            .await?;
-            let detail = event
-                .campaign_id
-                .as_ref()
-                .map(|c| serde_json::json!({ "campaign_id": c }));
-            let mut outcomes = Vec::with_capacity(audiences.len());
-            for audience in audiences {
-                let is_member = event.action.is_member();
-                outcomes.push(
-                    apply_membership(
-                        tx,
-                        MembershipFact {
-                            audience,
-                            person_id,
-                            is_member,
-                            stamp: Stamp::new(
-                                event.occurred_at_ms,
-                                is_member,
-                                Source::SegmentWebhook,
-                                key.clone(),
-                            ),
-                            source: Source::SegmentWebhook,
-                            received_at: now,
-                            detail: detail.clone(),
-                        },
-                    )
-                    .await?,
-                );
-            }
-            Ok(IngestOutcome::Accepted {
-                person_id,
-                audiences: outcomes,
-            })
-        }
-        IngestCommand::Reporting(event) => {
-            if !first_delivery(tx, &event.dedupe_key(), now).await? {
-                return Ok(IngestOutcome::Duplicate);
-            }
-            let person_id =
-                upsert_person(tx, &event.identifiers, None, event.occurred_at_ms, now).await?;
-            let mut outcome = "recorded";
-            if let Some(change) = event.subscription_change() {
-                let subscribed = change == SubscriptionChange::Subscribed;
-                let done = sqlx::query(
-                    "UPDATE people SET subscribed = $2, subscription_at = $3, updated_at = $4
-                     WHERE person_id = $1 AND (subscription_at IS NULL OR subscription_at <= $3)",
-                )
-                .bind(person_id)
-                .bind(subscribed)
-                .bind(event.occurred_at_ms)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                outcome = if done.rows_affected() == 1 {
-                    "applied"
-                } else {
-                    "stale"
-                };
-            }
-            let detail = (!event.detail.is_empty()).then(|| Value::Object(event.detail.clone()));
-            insert_history(
-                tx,
-                person_id,
-                None,
-                "reporting_webhook",
-                &event.kind(),
-                event.occurred_at_ms,
-                now,
-                outcome,
-                detail.as_ref(),
-            )
-            .await?;
-            Ok(IngestOutcome::Accepted {
-                person_id,
-                audiences: Vec::new(),
-            })
-        }
-    }
-}
-
-fn person_record(r: &sqlx::sqlite::SqliteRow, offset: usize) -> PersonRecord {
+pub(super) fn person_record(r: &sqlx::sqlite::SqliteRow, offset: usize) -> PersonRecord {
     let attrs: String = r.get(offset + 5);
     PersonRecord {
         person_id: r.get(offset),
@@ -496,7 +104,8 @@ fn person_record(r: &sqlx::sqlite::SqliteRow, offset: usize) -> PersonRecord {
     }
 }
 
-const PERSON_COLUMNS: &str = "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes";
+pub(super) const PERSON_COLUMNS: &str =
+    "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes";
 
 fn filter_clause(filter: &DeadLetterFilter) -> (String, Vec<String>) {
     // Returns extra WHERE text with $2.. placeholders and their values.
@@ -556,13 +165,32 @@ impl Store for SqliteStore {
         received_at_ms: i64,
     ) -> Result<Vec<Result<IngestOutcome>>> {
         let mut tx = self.writer.begin().await?;
+        match super::sqlite_ingest::apply_group(&mut tx, commands, received_at_ms).await {
+            Ok(outcomes) => {
+                tx.commit().await?;
+                return Ok(outcomes.into_iter().map(Ok).collect());
+            }
+            Err(e) if commands.len() > 1 => {
+                tracing::warn!(error = %e, "group commit failed; applying its commands one by one");
+                tx.rollback().await?;
+            }
+            Err(e) => return Ok(vec![Err(e)]),
+        }
+        // One bad command must not fail the others: each in a savepoint.
+        let mut tx = self.writer.begin().await?;
         let mut results = Vec::with_capacity(commands.len());
         for command in commands {
             let mut sp = tx.begin().await?;
-            match apply_command(&mut sp, command, received_at_ms).await {
-                Ok(outcome) => {
+            match super::sqlite_ingest::apply_group(
+                &mut sp,
+                std::slice::from_ref(command),
+                received_at_ms,
+            )
+            .await
+            {
+                Ok(mut outcome) => {
                     sp.commit().await?;
-                    results.push(Ok(outcome));
+                    results.push(Ok(outcome.remove(0)));
                 }
                 Err(e) => {
                     sp.rollback().await?;
@@ -754,7 +382,9 @@ impl Store for SqliteStore {
         if ids.id.is_none() && ids.cio_id.is_none() {
             return Ok(());
         }
-        upsert_person(&mut tx, &ids, Some(&attributes), at_ms, now_ms()).await?;
+        let mut people = super::sqlite_ingest::load_people(&mut tx, &[&ids]).await?;
+        people.merge(&ids, Some(&attributes), at_ms);
+        super::sqlite_ingest::flush_people(&mut tx, &people, now_ms()).await?;
         // Already delivered with fewer identifiers: deliver again.
         sqlx::query(
             "UPDATE sync_state SET acked = NULL, pending = TRUE, next_attempt_at = 0
@@ -784,6 +414,49 @@ impl Store for SqliteStore {
     async fn finish_snapshot(&self, job: &SnapshotJob, completed: bool) -> Result<()> {
         let mut conn = self.writer.acquire().await?;
         super::sqlite_snapshot::finish(&mut conn, job, completed).await
+    }
+
+    async fn members_page(
+        &self,
+        audience_id: i64,
+        after_person_id: i64,
+        limit: usize,
+    ) -> Result<Vec<PersonRecord>> {
+        super::sqlite_replace::members_page(&self.reader, audience_id, after_person_id, limit).await
+    }
+
+    async fn mark_replaced(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        sent_person_ids: &[i64],
+        now_ms: i64,
+    ) -> Result<()> {
+        super::sqlite_replace::mark(
+            &self.writer,
+            destination,
+            audience_id,
+            sent_person_ids,
+            now_ms,
+        )
+        .await
+    }
+
+    async fn finish_replace(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        started_at_ms: i64,
+        succeeded: bool,
+    ) -> Result<()> {
+        super::sqlite_replace::finish(
+            &self.writer,
+            destination,
+            audience_id,
+            started_at_ms,
+            succeeded,
+        )
+        .await
     }
 
     async fn release_all_leases(&self) -> Result<()> {

@@ -211,8 +211,9 @@ async fn apply_changes(
     .execute(&mut *tx)
     .await?;
     if is_member || audience.mode == AudienceMode::Mirror {
+        let rows: Vec<(i64, i64)> = person_ids.iter().map(|p| (*p, job.stamp_at)).collect();
         for d in &audience.destinations {
-            set_desired(tx, d, audience.id, person_ids, is_member, job.stamp_at, now).await?;
+            set_desired(tx, d, audience.id, &rows, is_member, now).await?;
         }
     }
     Ok(())
@@ -293,7 +294,7 @@ pub(super) async fn members_chunk(
 
     let mut seen = HashSet::new();
     let mut entered = Vec::new();
-    let mut confirmed = Vec::new();
+    let mut confirmed: Vec<i64> = Vec::new();
     for (i, pid) in found.iter().enumerate() {
         let key = pid
             .map(|p| p.to_string())
@@ -330,17 +331,9 @@ pub(super) async fn members_chunk(
         // Members already in: make sure every destination wants them (a
         // destination added to the audience later has no rows yet).
         let now = crate::store::now_ms();
+        let rows: Vec<(i64, i64)> = confirmed.iter().map(|p| (*p, job.stamp_at)).collect();
         for d in &job.audience.destinations {
-            set_desired(
-                &mut tx,
-                d,
-                job.audience.id,
-                &confirmed,
-                true,
-                job.stamp_at,
-                now,
-            )
-            .await?;
+            set_desired(&mut tx, d, job.audience.id, &rows, true, now).await?;
         }
     }
     tx.commit().await?;

@@ -427,3 +427,66 @@ async fn concurrent_webhooks_are_all_committed() {
     assert_eq!(app.members(CART).await, 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_person_commit_as_if_one_by_one() {
+    let app = TestApp::start().await;
+    // The same delivery ten times, and a person's whole history at once, in
+    // whatever order the group commit receives them.
+    let mut bodies = vec![segment_body(CART_SEGMENT, "dup", "entered", T0); 10];
+    for (i, action) in ["entered", "exited", "entered", "exited", "entered"]
+        .iter()
+        .enumerate()
+    {
+        bodies.push(segment_body(
+            CART_SEGMENT,
+            "hist",
+            action,
+            T0 + i as i64 * 10,
+        ));
+    }
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let http = app.http.clone();
+            let url = app.url("/webhooks/customerio/segments");
+            tokio::spawn(async move {
+                let bytes = serde_json::to_vec(&body).unwrap();
+                let ts = chrono::Utc::now().timestamp().to_string();
+                let r = http
+                    .post(url)
+                    .header("x-cio-timestamp", &ts)
+                    .header(
+                        "x-cio-signature",
+                        koala::customerio::signature::sign(WEBHOOK_KEY, &ts, &bytes),
+                    )
+                    .body(bytes)
+                    .send()
+                    .await
+                    .unwrap();
+                r.json::<serde_json::Value>().await.unwrap()["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "duplicate").count(),
+        9,
+        "{statuses:?}"
+    );
+    let (_, hist) = app.admin_get("/v1/people/hist").await;
+    assert_eq!(
+        hist["memberships"][0]["is_member"], true,
+        "the latest event (an entry) wins"
+    );
+    assert_eq!(hist["memberships"][0]["last_event_at"], (T0 + 40) * 1000);
+    assert_eq!(hist["history"].as_array().unwrap().len(), 5);
+    assert_eq!(app.members(CART).await, 2);
+    app.stop().await;
+}

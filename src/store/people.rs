@@ -1,0 +1,298 @@
+//! The identity-merge rule, as a pure in-memory structure: a store loads
+//! the people a group of commands can touch, applies every command here in
+//! order, then writes back what changed in a few set-based statements.
+//!
+//! Rules: a person is found by id, then cio_id, then email, then phone;
+//! email and phone never merge two different ids. cio_id is immutable, so a
+//! cio_id match carrying a new id means Customer.io gave the person a new
+//! id. Email, phone and attributes follow the newest event time.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::identity::Identifiers;
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PersonRow {
+    pub person_id: i64,
+    pub customer_id: Option<String>,
+    pub cio_id: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub attributes: Map<String, Value>,
+    pub profile_at: i64,
+    pub subscribed: Option<bool>,
+    pub subscription_at: Option<i64>,
+    /// Not in the store yet.
+    pub is_new: bool,
+    /// Changed since loaded.
+    pub dirty: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct People {
+    pub rows: Vec<PersonRow>,
+    by_customer: HashMap<String, usize>,
+    by_cio: HashMap<String, usize>,
+    by_email: HashMap<String, Vec<usize>>,
+    by_phone: HashMap<String, Vec<usize>>,
+    next_person_id: i64,
+}
+
+impl People {
+    /// `rows` must hold every stored person whose id, cio_id, email or
+    /// phone equals a value the commands will carry.
+    pub fn new(mut rows: Vec<PersonRow>, next_person_id: i64) -> Self {
+        rows.sort_by_key(|r| r.person_id);
+        rows.dedup_by_key(|r| r.person_id);
+        let mut people = People {
+            rows: Vec::with_capacity(rows.len()),
+            next_person_id,
+            ..Default::default()
+        };
+        for row in rows {
+            people.push(row);
+        }
+        people
+    }
+
+    fn push(&mut self, row: PersonRow) -> usize {
+        let i = self.rows.len();
+        self.rows.push(row);
+        self.index(i);
+        i
+    }
+
+    fn index(&mut self, i: usize) {
+        let r = &self.rows[i];
+        if let Some(c) = &r.customer_id {
+            self.by_customer.insert(c.clone(), i);
+        }
+        if let Some(c) = &r.cio_id {
+            self.by_cio.insert(c.clone(), i);
+        }
+        if let Some(e) = &r.email {
+            let v = self.by_email.entry(e.clone()).or_default();
+            if !v.contains(&i) {
+                v.push(i);
+            }
+        }
+        if let Some(p) = &r.phone {
+            let v = self.by_phone.entry(p.clone()).or_default();
+            if !v.contains(&i) {
+                v.push(i);
+            }
+        }
+    }
+
+    fn find(&self, ids: &Identifiers) -> Option<usize> {
+        if let Some(i) = ids.id.as_ref().and_then(|id| self.by_customer.get(id)) {
+            return Some(*i);
+        }
+        if let Some(i) = ids.cio_id.as_ref().and_then(|c| self.by_cio.get(c)) {
+            return Some(*i);
+        }
+        // The oldest person with that email (or phone), unless it holds a
+        // different id: email and phone never merge two ids.
+        let weak = |candidates: Option<&Vec<usize>>, matches: &dyn Fn(&PersonRow) -> bool| {
+            let i = candidates?
+                .iter()
+                .copied()
+                .filter(|&i| matches(&self.rows[i]))
+                .min_by_key(|&i| self.rows[i].person_id)?;
+            let r = &self.rows[i];
+            let id_conflict = matches!((&ids.id, &r.customer_id), (Some(a), Some(b)) if a != b);
+            let cio_conflict = matches!((&ids.cio_id, &r.cio_id), (Some(a), Some(b)) if a != b);
+            (!id_conflict && !cio_conflict).then_some(i)
+        };
+        if let Some(e) = &ids.email {
+            let e = e.as_str();
+            if let Some(i) = weak(self.by_email.get(e), &|r| r.email.as_deref() == Some(e)) {
+                return Some(i);
+            }
+        }
+        let p = ids.phone.as_ref()?.e164();
+        weak(self.by_phone.get(p), &|r| r.phone.as_deref() == Some(p))
+    }
+
+    /// Finds or creates the person and merges what the event carries.
+    /// Returns the row's index.
+    pub fn merge(
+        &mut self,
+        ids: &Identifiers,
+        attributes: Option<&Map<String, Value>>,
+        occurred_at: i64,
+    ) -> usize {
+        let email = ids.email.as_ref().map(|e| e.as_str().to_owned());
+        let phone = ids.phone.as_ref().map(|p| p.e164().to_owned());
+        let Some(i) = self.find(ids) else {
+            let person_id = self.next_person_id;
+            self.next_person_id += 1;
+            return self.push(PersonRow {
+                person_id,
+                customer_id: ids.id.clone(),
+                cio_id: ids.cio_id.clone(),
+                email,
+                phone,
+                attributes: attributes.cloned().unwrap_or_default(),
+                profile_at: occurred_at,
+                is_new: true,
+                dirty: true,
+                ..Default::default()
+            });
+        };
+        // Never take an id another person holds.
+        let new_customer = ids
+            .id
+            .as_ref()
+            .filter(|id| {
+                self.rows[i].customer_id.as_ref() != Some(*id)
+                    && !self.by_customer.contains_key(*id)
+            })
+            .cloned();
+        let new_cio = ids
+            .cio_id
+            .as_ref()
+            .filter(|c| self.rows[i].cio_id.is_none() && !self.by_cio.contains_key(*c))
+            .cloned();
+        if new_customer.is_some() {
+            if let Some(old) = &self.rows[i].customer_id {
+                self.by_customer.remove(old);
+            }
+        }
+        let row = &mut self.rows[i];
+        let before = (
+            row.customer_id.clone(),
+            row.cio_id.clone(),
+            row.email.clone(),
+            row.phone.clone(),
+            row.profile_at,
+        );
+        if let Some(c) = new_customer {
+            row.customer_id = Some(c);
+        }
+        if let Some(c) = new_cio {
+            row.cio_id = Some(c);
+        }
+        let newer = occurred_at >= row.profile_at;
+        if newer {
+            row.email = email.or(row.email.take());
+            row.phone = phone.or(row.phone.take());
+        } else {
+            row.email = row.email.take().or(email);
+            row.phone = row.phone.take().or(phone);
+        }
+        let mut attrs_changed = false;
+        if let Some(incoming) = attributes {
+            for (k, v) in incoming {
+                if (newer || !row.attributes.contains_key(k)) && row.attributes.get(k) != Some(v) {
+                    row.attributes.insert(k.clone(), v.clone());
+                    attrs_changed = true;
+                }
+            }
+        }
+        row.profile_at = row.profile_at.max(occurred_at);
+        let after = (
+            row.customer_id.clone(),
+            row.cio_id.clone(),
+            row.email.clone(),
+            row.phone.clone(),
+            row.profile_at,
+        );
+        if before != after || attrs_changed {
+            row.dirty = true;
+            self.index(i);
+        }
+        i
+    }
+
+    /// Latest wins; false when a newer subscription change is stored.
+    pub fn set_subscription(&mut self, i: usize, subscribed: bool, at: i64) -> bool {
+        let row = &mut self.rows[i];
+        if row.subscription_at.is_some_and(|t| t > at) {
+            return false;
+        }
+        row.subscribed = Some(subscribed);
+        row.subscription_at = Some(at);
+        row.dirty = true;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(id: Option<&str>, cio: Option<&str>, email: Option<&str>) -> Identifiers {
+        Identifiers::new(id, cio, email, None).unwrap()
+    }
+
+    #[test]
+    fn the_same_person_in_one_group_is_created_once() {
+        let mut p = People::new(vec![], 1);
+        let a = p.merge(&ids(Some("u1"), None, Some("a@example.com")), None, 10);
+        let b = p.merge(&ids(None, Some("c1"), Some("a@example.com")), None, 11);
+        let c = p.merge(&ids(Some("u1"), Some("c1"), None), None, 12);
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(p.rows.len(), 1);
+        assert_eq!(p.rows[0].cio_id.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn email_never_merges_two_ids() {
+        let mut p = People::new(vec![], 1);
+        p.merge(&ids(Some("u1"), None, Some("shared@example.com")), None, 10);
+        p.merge(&ids(Some("u2"), None, Some("shared@example.com")), None, 10);
+        assert_eq!(p.rows.len(), 2);
+    }
+
+    #[test]
+    fn older_events_fill_gaps_but_do_not_overwrite() {
+        let mut p = People::new(vec![], 1);
+        let mut attrs = Map::new();
+        attrs.insert("plan".into(), "gold".into());
+        p.merge(
+            &ids(Some("u1"), None, Some("new@example.com")),
+            Some(&attrs),
+            20,
+        );
+        let mut old = Map::new();
+        old.insert("plan".into(), "basic".into());
+        old.insert("city".into(), "Oslo".into());
+        p.merge(
+            &ids(Some("u1"), None, Some("old@example.com")),
+            Some(&old),
+            10,
+        );
+        let r = &p.rows[0];
+        assert_eq!(r.email.as_deref(), Some("new@example.com"));
+        assert_eq!(r.attributes["plan"], "gold");
+        assert_eq!(r.attributes["city"], "Oslo");
+    }
+
+    #[test]
+    fn a_cio_id_match_with_a_new_id_takes_the_new_id() {
+        let stored = PersonRow {
+            person_id: 5,
+            customer_id: Some("old".into()),
+            cio_id: Some("c1".into()),
+            ..Default::default()
+        };
+        let mut p = People::new(vec![stored], 6);
+        let i = p.merge(&ids(Some("new"), Some("c1"), None), None, 10);
+        assert_eq!(p.rows[i].person_id, 5);
+        assert_eq!(p.rows[i].customer_id.as_deref(), Some("new"));
+        assert!(p.rows[i].dirty);
+    }
+
+    #[test]
+    fn subscription_is_latest_wins() {
+        let mut p = People::new(vec![], 1);
+        let i = p.merge(&ids(Some("u1"), None, None), None, 10);
+        assert!(p.set_subscription(i, false, 20));
+        assert!(!p.set_subscription(i, true, 10));
+        assert_eq!(p.rows[i].subscribed, Some(false));
+    }
+}

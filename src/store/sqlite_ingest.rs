@@ -1,0 +1,455 @@
+//! Group commit, set-based: a whole group of webhooks is applied with a
+//! fixed handful of statements. People are loaded once, every command is
+//! decided in order in memory (the same rules: `people::People` for
+//! identity, `audiences::membership::decide` for membership), and what
+//! changed is written back in bulk through `json_each`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{json, Value};
+use sqlx::{Row, SqliteConnection};
+
+use super::people::{People, PersonRow};
+use super::sqlite::set_desired;
+use super::{AudienceOutcome, IngestCommand, IngestOutcome, Result};
+use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
+use crate::config::AudienceMode;
+use crate::customerio::reporting::SubscriptionChange;
+use crate::identity::Identifiers;
+
+fn dedupe_key(command: &IngestCommand) -> String {
+    match command {
+        IngestCommand::Segment { event, .. } => event.dedupe_key(),
+        IngestCommand::Reporting(event) => event.dedupe_key(),
+    }
+}
+
+fn identifiers(command: &IngestCommand) -> &Identifiers {
+    match command {
+        IngestCommand::Segment { event, .. } => &event.identifiers,
+        IngestCommand::Reporting(event) => &event.identifiers,
+    }
+}
+
+/// Loads every stored person any of these identifiers could name.
+pub(super) async fn load_people(tx: &mut SqliteConnection, ids: &[&Identifiers]) -> Result<People> {
+    let mut values: [Vec<String>; 4] = Default::default();
+    for i in ids {
+        values[0].extend(i.id.clone());
+        values[1].extend(i.cio_id.clone());
+        values[2].extend(i.email.as_ref().map(|e| e.as_str().to_owned()));
+        values[3].extend(i.phone.as_ref().map(|p| p.e164().to_owned()));
+    }
+    let mut rows = Vec::new();
+    for (column, vals) in ["customer_id", "cio_id", "email", "phone"]
+        .iter()
+        .zip(&values)
+    {
+        if vals.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "SELECT person_id, customer_id, cio_id, email, phone, attributes, profile_at, subscribed, subscription_at
+             FROM people WHERE {column} IN (SELECT value FROM json_each($1))"
+        );
+        for r in sqlx::query(&sql)
+            .bind(serde_json::to_string(vals).expect("strings serialize"))
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            let attrs: String = r.get(5);
+            rows.push(PersonRow {
+                person_id: r.get(0),
+                customer_id: r.get(1),
+                cio_id: r.get(2),
+                email: r.get(3),
+                phone: r.get(4),
+                attributes: serde_json::from_str(&attrs).unwrap_or_default(),
+                profile_at: r.get(6),
+                subscribed: r.get(7),
+                subscription_at: r.get(8),
+                ..Default::default()
+            });
+        }
+    }
+    let next: i64 = sqlx::query("SELECT COALESCE(MAX(person_id), 0) + 1 FROM people")
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+    Ok(People::new(rows, next))
+}
+
+/// Writes new and changed people.
+pub(super) async fn flush_people(
+    tx: &mut SqliteConnection,
+    people: &People,
+    now: i64,
+) -> Result<()> {
+    let row_json = |r: &PersonRow| {
+        json!([
+            r.person_id,
+            r.customer_id,
+            r.cio_id,
+            r.email,
+            r.phone,
+            Value::Object(r.attributes.clone()).to_string(),
+            r.profile_at,
+            r.subscribed,
+            r.subscription_at
+        ])
+    };
+    let new: Vec<Value> = people
+        .rows
+        .iter()
+        .filter(|r| r.is_new)
+        .map(row_json)
+        .collect();
+    let changed: Vec<Value> = people
+        .rows
+        .iter()
+        .filter(|r| r.dirty && !r.is_new)
+        .map(row_json)
+        .collect();
+    if !new.is_empty() {
+        sqlx::query(
+            "INSERT INTO people (person_id, customer_id, cio_id, email, phone, attributes, profile_at,
+                                 subscribed, subscription_at, created_at, updated_at)
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                    json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+                    json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), $1, $1
+             FROM json_each($2)",
+        )
+        .bind(now)
+        .bind(Value::Array(new).to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !changed.is_empty() {
+        sqlx::query(
+            "UPDATE people SET customer_id = json_extract(j.value, '$[1]'), cio_id = json_extract(j.value, '$[2]'),
+                    email = json_extract(j.value, '$[3]'), phone = json_extract(j.value, '$[4]'),
+                    attributes = json_extract(j.value, '$[5]'), profile_at = json_extract(j.value, '$[6]'),
+                    subscribed = json_extract(j.value, '$[7]'), subscription_at = json_extract(j.value, '$[8]'),
+                    updated_at = $1
+             FROM json_each($2) AS j WHERE people.person_id = json_extract(j.value, '$[0]')",
+        )
+        .bind(now)
+        .bind(Value::Array(changed).to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// One (audience, person) membership as decided so far in this group.
+#[derive(Clone)]
+struct Membership {
+    is_member: bool,
+    since: i64,
+    stamp: Stamp,
+    event_id: i64,
+}
+
+/// Applies a group of commands in the caller's transaction. Either all of
+/// them are applied or an error leaves the transaction to be rolled back.
+pub(super) async fn apply_group(
+    tx: &mut SqliteConnection,
+    commands: &[IngestCommand],
+    now: i64,
+) -> Result<Vec<IngestOutcome>> {
+    // Deliveries seen before, in the store or earlier in this group.
+    let keys: Vec<String> = commands.iter().map(dedupe_key).collect();
+    let fresh: HashSet<String> = sqlx::query(
+        "INSERT INTO received (dedupe_key, received_at) SELECT value, $1 FROM json_each($2) WHERE TRUE
+         ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key",
+    )
+    .bind(now)
+    .bind(serde_json::to_string(&keys).expect("keys serialize"))
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let mut first = HashSet::new();
+    let is_new: Vec<bool> = keys
+        .iter()
+        .map(|k| fresh.contains(k) && first.insert(k.as_str()))
+        .collect();
+
+    // Identity first: every command's person, in order.
+    let live: Vec<&IngestCommand> = commands
+        .iter()
+        .zip(&is_new)
+        .filter(|(_, n)| **n)
+        .map(|(c, _)| c)
+        .collect();
+    let mut people =
+        load_people(tx, &live.iter().map(|c| identifiers(c)).collect::<Vec<_>>()).await?;
+    let mut person_of: Vec<Option<usize>> = vec![None; commands.len()];
+    for (i, command) in commands.iter().enumerate() {
+        if !is_new[i] {
+            continue;
+        }
+        person_of[i] = Some(match command {
+            IngestCommand::Segment { event, .. } => people.merge(
+                &event.identifiers,
+                Some(&event.attributes),
+                event.occurred_at_ms,
+            ),
+            IngestCommand::Reporting(event) => {
+                people.merge(&event.identifiers, None, event.occurred_at_ms)
+            }
+        });
+    }
+
+    // Stored memberships and snapshot floors of what the group touches.
+    let mut pids_by_audience: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (i, command) in commands.iter().enumerate() {
+        if let (IngestCommand::Segment { audiences, .. }, Some(p)) = (command, person_of[i]) {
+            for a in audiences {
+                pids_by_audience
+                    .entry(a.id)
+                    .or_default()
+                    .push(people.rows[p].person_id);
+            }
+        }
+    }
+    let mut memberships: HashMap<(i64, i64), Membership> = HashMap::new();
+    let mut floors: HashMap<i64, Option<i64>> = HashMap::new();
+    for (audience_id, pids) in &pids_by_audience {
+        let rows = sqlx::query(
+            "SELECT person_id, is_member, since, stamp_at, stamp_rank, stamp_key, event_id FROM memberships
+             WHERE audience_id = $1 AND person_id IN (SELECT value FROM json_each($2))",
+        )
+        .bind(audience_id)
+        .bind(serde_json::to_string(pids).expect("ids serialize"))
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in rows {
+            memberships.insert(
+                (*audience_id, r.get(0)),
+                Membership {
+                    is_member: r.get(1),
+                    since: r.get(2),
+                    stamp: Stamp {
+                        at_ms: r.get(3),
+                        rank: r.get(4),
+                        key: r.get(5),
+                    },
+                    event_id: r.get(6),
+                },
+            );
+        }
+        let floor: Option<i64> =
+            sqlx::query("SELECT snapshot_at FROM audiences WHERE audience_id = $1")
+                .bind(audience_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+        floors.insert(*audience_id, floor);
+    }
+
+    // Every command in order, through the one rule.
+    let mut next_event: i64 = sqlx::query("SELECT COALESCE(MAX(event_id), 0) + 1 FROM events")
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+    let mut history: Vec<Value> = Vec::new();
+    let mut changed: HashSet<(i64, i64)> = HashSet::new();
+    let mut deltas: BTreeMap<i64, i64> = BTreeMap::new();
+    // (destination, audience) → person → (desired, desired_at)
+    let mut desired: BTreeMap<(String, i64), BTreeMap<i64, (bool, i64)>> = BTreeMap::new();
+    let mut outcomes = Vec::with_capacity(commands.len());
+    for (i, command) in commands.iter().enumerate() {
+        let Some(p) = person_of[i] else {
+            outcomes.push(IngestOutcome::Duplicate);
+            continue;
+        };
+        let person_id = people.rows[p].person_id;
+        match command {
+            IngestCommand::Segment { event, audiences } => {
+                let key = &keys[i];
+                let is_member = event.action.is_member();
+                let stamp = Stamp::new(
+                    event.occurred_at_ms,
+                    is_member,
+                    Source::SegmentWebhook,
+                    key.clone(),
+                );
+                let detail = event
+                    .campaign_id
+                    .as_ref()
+                    .map(|c| json!({ "campaign_id": c }).to_string());
+                let mut per_audience = Vec::with_capacity(audiences.len());
+                for audience in audiences {
+                    let mkey = (audience.id, person_id);
+                    let stored = memberships
+                        .get(&mkey)
+                        .map(|m| (m.is_member, m.stamp.clone()));
+                    let current = effective_current(stored, floors[&audience.id]);
+                    let decision =
+                        decide(current.as_ref().map(|(m, s)| (*m, s)), is_member, &stamp);
+                    let event_id = next_event;
+                    next_event += 1;
+                    history.push(json!([
+                        event_id,
+                        person_id,
+                        audience.id,
+                        Source::SegmentWebhook.as_str(),
+                        event.action.as_str(),
+                        event.occurred_at_ms,
+                        decision.outcome(),
+                        detail
+                    ]));
+                    let mut touched = Vec::new();
+                    match decision {
+                        Decision::Stale => {}
+                        Decision::Confirm => {
+                            let entry = memberships.entry(mkey).or_insert(Membership {
+                                is_member,
+                                since: event.occurred_at_ms,
+                                stamp: stamp.clone(),
+                                event_id,
+                            });
+                            entry.stamp = stamp.clone();
+                            changed.insert(mkey);
+                        }
+                        Decision::Change => {
+                            memberships.insert(
+                                mkey,
+                                Membership {
+                                    is_member,
+                                    since: event.occurred_at_ms,
+                                    stamp: stamp.clone(),
+                                    event_id,
+                                },
+                            );
+                            changed.insert(mkey);
+                            *deltas.entry(audience.id).or_default() +=
+                                if is_member { 1 } else { -1 };
+                            // Additive audiences never remove from destinations.
+                            if is_member || audience.mode == AudienceMode::Mirror {
+                                for d in &audience.destinations {
+                                    desired
+                                        .entry((d.clone(), audience.id))
+                                        .or_default()
+                                        .insert(person_id, (is_member, event.occurred_at_ms));
+                                    touched.push(d.clone());
+                                }
+                            }
+                        }
+                    }
+                    per_audience.push(AudienceOutcome {
+                        audience: audience.name.clone(),
+                        outcome: decision.outcome(),
+                        destinations_touched: touched,
+                    });
+                }
+                outcomes.push(IngestOutcome::Accepted {
+                    person_id,
+                    audiences: per_audience,
+                });
+            }
+            IngestCommand::Reporting(event) => {
+                let outcome = match event.subscription_change() {
+                    Some(change) => {
+                        let subscribed = change == SubscriptionChange::Subscribed;
+                        if people.set_subscription(p, subscribed, event.occurred_at_ms) {
+                            "applied"
+                        } else {
+                            "stale"
+                        }
+                    }
+                    None => "recorded",
+                };
+                let detail = (!event.detail.is_empty())
+                    .then(|| Value::Object(event.detail.clone()).to_string());
+                history.push(json!([
+                    next_event,
+                    person_id,
+                    Value::Null,
+                    "reporting_webhook",
+                    event.kind(),
+                    event.occurred_at_ms,
+                    outcome,
+                    detail
+                ]));
+                next_event += 1;
+                outcomes.push(IngestOutcome::Accepted {
+                    person_id,
+                    audiences: Vec::new(),
+                });
+            }
+        }
+    }
+
+    // Write back.
+    flush_people(tx, &people, now).await?;
+    if !history.is_empty() {
+        sqlx::query(
+            "INSERT INTO events (event_id, person_id, audience_id, source, kind, occurred_at, received_at, outcome, detail)
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                    json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), $1,
+                    json_extract(value, '$[6]'), json_extract(value, '$[7]')
+             FROM json_each($2)",
+        )
+        .bind(now)
+        .bind(Value::Array(history).to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !changed.is_empty() {
+        let rows: Vec<Value> = changed
+            .iter()
+            .map(|k| {
+                let m = &memberships[k];
+                json!([
+                    k.0,
+                    k.1,
+                    m.is_member,
+                    m.since,
+                    m.stamp.at_ms,
+                    m.stamp.rank,
+                    m.stamp.key,
+                    m.event_id
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO memberships (audience_id, person_id, is_member, since, stamp_at, stamp_rank, stamp_key, event_id, updated_at)
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+                    json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+                    json_extract(value, '$[6]'), json_extract(value, '$[7]'), $1
+             FROM json_each($2) WHERE TRUE
+             ON CONFLICT (audience_id, person_id) DO UPDATE SET
+               is_member = excluded.is_member, since = excluded.since, stamp_at = excluded.stamp_at,
+               stamp_rank = excluded.stamp_rank, stamp_key = excluded.stamp_key,
+               event_id = excluded.event_id, updated_at = excluded.updated_at",
+        )
+        .bind(now)
+        .bind(Value::Array(rows).to_string())
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (audience_id, delta) in deltas {
+        sqlx::query("UPDATE audiences SET member_count = member_count + $2, last_change_at = $3 WHERE audience_id = $1")
+            .bind(audience_id)
+            .bind(delta)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for ((destination, audience_id), by_person) in desired {
+        for want in [true, false] {
+            let rows: Vec<(i64, i64)> = by_person
+                .iter()
+                .filter(|(_, (d, _))| *d == want)
+                .map(|(pid, (_, at))| (*pid, *at))
+                .collect();
+            if !rows.is_empty() {
+                set_desired(tx, &destination, audience_id, &rows, want, now).await?;
+            }
+        }
+    }
+    Ok(outcomes)
+}
