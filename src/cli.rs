@@ -68,6 +68,11 @@ pub enum Command {
         /// Only report what would change (counts and masked examples).
         #[arg(long)]
         dry_run: bool,
+        /// Afterwards, replace this destination's whole platform audience
+        /// with koala's members (Meta: `usersreplace`). Everything the
+        /// platform audience held before is dropped. Repeatable.
+        #[arg(long, value_name = "DEST", conflicts_with = "dry_run")]
+        replace: Vec<String>,
         /// koala's base URL, if not reachable at server.listen.
         #[arg(long)]
         url: Option<String>,
@@ -98,9 +103,10 @@ pub fn run() -> ExitCode {
             audience,
             config,
             dry_run,
+            replace,
             url,
         } => with_config(&config, "resync", |config| async move {
-            crate::resync::cli::run(&config, &audience, dry_run, url).await
+            crate::resync::cli::run(&config, &audience, dry_run, &replace, url).await
         }),
     }
 }

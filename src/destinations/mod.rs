@@ -64,6 +64,21 @@ impl SendOutcome {
 /// A person a destination cannot address (none of its identifiers).
 pub const UNMATCHED: &str = "unmatched: none of this destination's identifiers";
 
+/// Where one batch of a full replace stands in its session. A replace is
+/// a sequence of batches under one client-chosen session id; the platform
+/// swaps the audience's members for the session's rows after the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplaceSession {
+    /// Chosen by koala, below 2^53 (JSON-number safe), one per replace.
+    pub session_id: u64,
+    /// 1-based position of this batch in the session.
+    pub batch_seq: u32,
+    /// True on the session's final batch.
+    pub last_batch: bool,
+    /// How many people the whole session is expected to carry.
+    pub estimated_total: u64,
+}
+
 #[async_trait]
 pub trait Destination: Send + Sync + 'static {
     fn name(&self) -> &str;
@@ -87,6 +102,26 @@ pub trait Destination: Send + Sync + 'static {
 
     /// Sends one batch of addressable people to the platform audience.
     async fn send(&self, audience_id: &str, op: SyncOp, people: &[PersonRecord]) -> SendOutcome;
+
+    /// True when the destination can replace an audience's whole
+    /// membership in one session ([`Destination::send_replace`]).
+    fn supports_replace(&self) -> bool {
+        false
+    }
+
+    /// Sends one batch of a full replace: after the session's last batch
+    /// the platform audience holds exactly the people of all its batches.
+    /// `people` must fit one request (at most `limits().max_batch`).
+    async fn send_replace(
+        &self,
+        _audience_id: &str,
+        _session: &ReplaceSession,
+        _people: &[PersonRecord],
+    ) -> SendOutcome {
+        SendOutcome::Permanent {
+            reason: "this destination cannot replace an audience".into(),
+        }
+    }
 }
 
 /// Builds the destination a config entry describes.

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::{ApiError, AppState};
 use crate::audiences::AudienceDef;
 use crate::identity::{mask_text, Email, Phone};
-use crate::resync::{JobState, ResyncError, Trigger};
+use crate::resync::{JobState, ReplaceTarget, ResyncError, Trigger};
 use crate::store::{DeadLetterFilter, PersonView};
 
 const HISTORY_LIMIT: i64 = 200;
@@ -99,6 +99,9 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
 pub struct ResyncQuery {
     #[serde(default)]
     dry_run: bool,
+    /// Destinations (comma-separated) whose platform audience is replaced
+    /// in full after the resync.
+    replace: Option<String>,
 }
 
 /// 202 with a new job, or 200 with the job already running.
@@ -108,12 +111,14 @@ pub async fn start_resync(
     query: Result<Query<ResyncQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let replace = replace_targets(&state, &name, q.replace.as_deref())?;
     let (job, created) = state
         .resyncs
-        .start(&name, q.dry_run, Trigger::Api)
+        .start(&name, q.dry_run, Trigger::Api, replace)
         .map_err(|e| match e {
             ResyncError::UnknownAudience(_) => ApiError::NotFound(e.to_string()),
             ResyncError::NotConfigured => ApiError::Conflict(e.to_string()),
+            ResyncError::BadReplace(_) => ApiError::BadRequest(e.to_string()),
         })?;
     let status = if created {
         StatusCode::ACCEPTED
@@ -123,6 +128,51 @@ pub async fn start_resync(
     let mut body = resync_json(&state, &job).await?;
     body["already_running"] = json!(!created);
     Ok((status, Json(body)))
+}
+
+/// The destinations `?replace=a,b` names, each with its own client and the
+/// platform audience id its sync entry configures. Whether each may be
+/// replaced is checked when the job starts.
+fn replace_targets(
+    state: &AppState,
+    audience: &str,
+    replace: Option<&str>,
+) -> Result<Vec<ReplaceTarget>, ApiError> {
+    let names: Vec<&str> = replace
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    if state.catalog.by_name(audience).is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no audience named {audience:?}"
+        )));
+    }
+    let sync = state.config.audience(audience).map(|a| a.sync.as_slice());
+    let mut targets = Vec::with_capacity(names.len());
+    for name in names {
+        let entry = sync
+            .unwrap_or_default()
+            .iter()
+            .find(|t| t.destination == name);
+        let config = state.config.destinations.iter().find(|d| d.name() == name);
+        let (Some(entry), Some(config)) = (entry, config) else {
+            return Err(ApiError::BadRequest(format!(
+                "replace: {name:?} is not a destination of audience {audience:?}"
+            )));
+        };
+        let destination = crate::destinations::build(config)
+            .map_err(|e| ApiError::Internal(format!("destination {name:?}: {e}")))?;
+        targets.push(ReplaceTarget {
+            destination,
+            configured_id: entry.audience_id.clone(),
+        });
+    }
+    Ok(targets)
 }
 
 pub async fn get_resync(

@@ -14,6 +14,7 @@ pub async fn run(
     config: &Config,
     audience: &str,
     dry_run: bool,
+    replace: &[String],
     url: Option<String>,
 ) -> anyhow::Result<bool> {
     let base = url.unwrap_or_else(|| config.local_base_url());
@@ -22,10 +23,13 @@ pub async fn run(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
+    let mut query = vec![("dry_run", dry_run.to_string())];
+    if !replace.is_empty() {
+        query.push(("replace", replace.join(",")));
+    }
     let start = http
-        .post(format!(
-            "{base}/v1/audiences/{audience}/resync?dry_run={dry_run}"
-        ))
+        .post(format!("{base}/v1/audiences/{audience}/resync"))
+        .query(&query)
         .bearer_auth(&token)
         .send()
         .await
@@ -39,6 +43,18 @@ pub async fn run(
         );
     }
     if job["already_running"] == true {
+        let replacing: Vec<&str> = job["replace"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if let Some(missing) = replace.iter().find(|d| !replacing.contains(&d.as_str())) {
+            bail!(
+                "a resync of {audience} is already running without replacing {missing}; \
+                 run this again when it has finished"
+            );
+        }
         eprintln!("a resync of {audience} is already running; following it");
     }
     let id = job["id"]
@@ -67,13 +83,23 @@ pub async fn run(
             bar.set_length(n);
         }
         bar.set_position(job["members_seen"].as_u64().unwrap_or(0));
-        bar.set_message(format!(
-            "{} · page {} · +{} −{}",
-            job["phase"].as_str().unwrap_or("?"),
-            job["pages_fetched"],
-            job["entered"],
-            job["exited"]
-        ));
+        if job["phase"] == "replacing" {
+            let sent: u64 = job["replaced"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["rows"].as_u64())
+                .sum();
+            bar.set_message(format!("replacing · {sent} sent"));
+        } else {
+            bar.set_message(format!(
+                "{} · page {} · +{} −{}",
+                job["phase"].as_str().unwrap_or("?"),
+                job["pages_fetched"],
+                job["entered"],
+                job["exited"]
+            ));
+        }
         if matches!(job["phase"].as_str(), Some("done" | "failed")) {
             break job;
         }
@@ -123,6 +149,24 @@ fn print_summary(audience: &str, job: &Value) {
                 d["pending_removes"],
                 d["acknowledged_members"]
             );
+        }
+    }
+    for r in job["replaced"].as_array().into_iter().flatten() {
+        let state = if r["done"] == true {
+            "replaced"
+        } else {
+            "NOT replaced"
+        };
+        println!(
+            "  replace {}: {state}: {} people in {} batches ({} retried, {} without an identifier)",
+            r["destination"].as_str().unwrap_or("?"),
+            r["rows"],
+            r["batches"],
+            r["retries"],
+            r["unaddressable"]
+        );
+        if let Some(note) = r["note"].as_str() {
+            println!("    {note}");
         }
     }
     if let Some(e) = job["error"].as_str() {

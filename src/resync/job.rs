@@ -1,17 +1,24 @@
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::audiences::AudienceDef;
 use crate::customerio::app_api::{AppApiClient, IdType, MembershipPage};
 use crate::delivery::Wakers;
+use crate::destinations::{Destination, ReplaceSession, SendOutcome};
 use crate::identity::{Email, Phone};
-use crate::store::{now_ms, SnapshotDiff, SnapshotJob, Store};
+use crate::store::{now_ms, PersonRecord, SnapshotDiff, SnapshotJob, Store};
 
 /// Masked identifiers kept as examples in a job's report.
 const SAMPLE: usize = 10;
 /// Pages fetched ahead of the one being applied.
 const PREFETCH: usize = 2;
+/// Most people in one replace request (Meta's limit per request).
+const REPLACE_BATCH: usize = 10_000;
+/// Tries of one replace batch before the replace is given up.
+const REPLACE_ATTEMPTS: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -23,6 +30,8 @@ pub enum Phase {
     Exits,
     /// Looking up phones and attributes of people first seen in this resync.
     Enriching,
+    /// Replacing the whole platform audience of the destinations asked for.
+    Replacing,
     Done,
     Failed,
 }
@@ -34,6 +43,7 @@ impl Phase {
             Phase::Fetching => "fetching",
             Phase::Exits => "exits",
             Phase::Enriching => "enriching",
+            Phase::Replacing => "replacing",
             Phase::Done => "done",
             Phase::Failed => "failed",
         }
@@ -54,6 +64,33 @@ impl Trigger {
             Trigger::Schedule => "schedule",
         }
     }
+}
+
+/// A destination whose platform audience a resync replaces in full.
+#[derive(Clone)]
+pub struct ReplaceTarget {
+    pub destination: Arc<dyn Destination>,
+    /// The platform audience id the config gives, if any.
+    pub configured_id: Option<String>,
+}
+
+/// How a full replace of one destination went.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplaceProgress {
+    pub destination: String,
+    pub platform_audience_id: Option<String>,
+    /// The session's id at the destination.
+    pub session_id: Option<u64>,
+    /// Batches accepted so far.
+    pub batches: u64,
+    /// People in the accepted batches.
+    pub rows: u64,
+    /// Members left out: none of the destination's identifiers.
+    pub unaddressable: u64,
+    /// Batches sent again after a throttle or passing failure.
+    pub retries: u64,
+    pub done: bool,
+    pub note: Option<String>,
 }
 
 /// A resync as the API reports it.
@@ -83,6 +120,9 @@ pub struct JobState {
     pub profiles_fetched: u64,
     pub profiles_failed: u64,
     pub profiles_skipped: u64,
+    /// Destinations whose platform audience is replaced after the snapshot.
+    pub replace: Vec<String>,
+    pub replaced: Vec<ReplaceProgress>,
     pub error: Option<String>,
 }
 
@@ -107,6 +147,8 @@ impl JobState {
             profiles_fetched: 0,
             profiles_failed: 0,
             profiles_skipped: 0,
+            replace: Vec::new(),
+            replaced: Vec::new(),
             error: None,
         }
     }
@@ -125,6 +167,8 @@ pub(super) struct Run {
     pub page_limit: u32,
     /// Whether a destination of the audience needs phones or attributes.
     pub enrich: bool,
+    /// Destinations to replace in full once membership is applied.
+    pub replace: Vec<ReplaceTarget>,
 }
 
 impl Run {
@@ -153,8 +197,12 @@ impl Run {
         let result = self.apply(&snapshot).await;
         let completed = result.is_ok();
         let cleanup = self.store.finish_snapshot(&snapshot, completed).await;
+        let mut result = result.and(cleanup.map_err(|e| e.to_string()));
+        if result.is_ok() && !dry_run && !self.replace.is_empty() {
+            result = self.replace_all().await;
+        }
         let now = now_ms();
-        match result.and(cleanup.map_err(|e| e.to_string())) {
+        match result {
             Ok(()) => {
                 self.update(|s| {
                     s.phase = Phase::Done;
@@ -304,11 +352,249 @@ impl Run {
             .is_ok()
     }
 
+    /// Replaces each destination asked for, one after the other, with
+    /// koala's current members; the first failure fails the job.
+    async fn replace_all(&self) -> Result<(), String> {
+        self.update(|s| s.phase = Phase::Replacing);
+        for target in &self.replace {
+            let name = target.destination.name().to_owned();
+            let result = self.replace_one(target).await;
+            self.wakers.wake(&name);
+            if let Err(e) = result {
+                return Err(format!("replace of {name}: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn progress(&self, index: usize, f: impl FnOnce(&mut ReplaceProgress)) {
+        self.update(|s| f(&mut s.replaced[index]));
+    }
+
+    async fn replace_one(&self, target: &ReplaceTarget) -> Result<(), String> {
+        let dest = &target.destination;
+        let name = dest.name().to_owned();
+        let audience = &self.audience;
+        let index = {
+            let mut s = self.state.lock().expect("job lock");
+            s.replaced.push(ReplaceProgress {
+                destination: name.clone(),
+                platform_audience_id: None,
+                session_id: None,
+                batches: 0,
+                rows: 0,
+                unaddressable: 0,
+                retries: 0,
+                done: false,
+                note: None,
+            });
+            s.replaced.len() - 1
+        };
+        // The platform audience the dispatcher sends to: configured, or
+        // recorded when koala created it. A replace never creates one.
+        let platform_id = match &target.configured_id {
+            Some(id) => id.clone(),
+            None => self
+                .store
+                .destination_audience(&name, audience.id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    "no platform audience id is configured or recorded for this audience; \
+                     a replace needs an existing audience (set audience_id in its sync entry)"
+                        .to_owned()
+                })?,
+        };
+        let estimated_total = self
+            .store
+            .audience_stats(audience.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .map_or(0, |a| a.members.max(0) as u64);
+        // Below 2^53, so the id survives any JSON parser as a number.
+        let session_id = {
+            use rand::Rng;
+            rand::rng().random_range(1..(1u64 << 53))
+        };
+        self.progress(index, |p| {
+            p.platform_audience_id = Some(platform_id.clone());
+            p.session_id = Some(session_id);
+        });
+        let limits = dest.limits();
+        let batch_size = limits.max_batch.clamp(1, REPLACE_BATCH);
+        let pace = if limits.requests_per_second.is_finite() && limits.requests_per_second > 0.0 {
+            Duration::from_secs_f64(1.0 / limits.requests_per_second)
+        } else {
+            Duration::from_secs(1)
+        };
+        let mut members = MemberPages::new(self.store.clone(), audience.id, batch_size);
+        let mut current = members.next_batch(dest.as_ref()).await?;
+        self.progress(index, |p| p.unaddressable = members.unaddressable);
+        if current.is_empty() {
+            // Meta wants data in every request: with nobody to send, the
+            // platform audience is left as it is.
+            self.progress(index, |p| {
+                p.done = true;
+                p.note = Some("nothing to replace: no addressable members; the platform audience was left as it is".into());
+            });
+            tracing::warn!(destination = %name, audience = %audience.name, "replace skipped: no addressable members");
+            return Ok(());
+        }
+        let started_at = now_ms();
+        tracing::info!(destination = %name, audience = %audience.name, session_id, estimated_total, "replace started");
+        let mut batch_seq = 0u32;
+        let mut last_request: Option<Instant> = None;
+        loop {
+            // One page ahead, to know whether this batch is the last.
+            let next = match members.next_batch(dest.as_ref()).await {
+                Ok(next) => next,
+                Err(e) if batch_seq == 0 => return Err(e),
+                Err(e) => return Err(self.abandon(&name, started_at, e).await),
+            };
+            self.progress(index, |p| p.unaddressable = members.unaddressable);
+            batch_seq += 1;
+            let session = ReplaceSession {
+                session_id,
+                batch_seq,
+                last_batch: next.is_empty(),
+                estimated_total,
+            };
+            let mut attempt = 0;
+            let outcome = loop {
+                attempt += 1;
+                if let Some(at) = last_request {
+                    tokio::time::sleep(pace.saturating_sub(at.elapsed())).await;
+                }
+                last_request = Some(Instant::now());
+                match dest.send_replace(&platform_id, &session, &current).await {
+                    SendOutcome::RetryLater { after, reason } if attempt < REPLACE_ATTEMPTS => {
+                        let backoff = limits
+                            .base_backoff
+                            .max(Duration::from_millis(1))
+                            .saturating_mul(1 << (attempt - 1).min(16));
+                        let delay = after
+                            .unwrap_or(backoff)
+                            .min(limits.max_backoff.max(Duration::from_secs(1)));
+                        tracing::warn!(destination = %name, batch_seq, attempt, retry_in_ms = delay.as_millis() as u64, %reason, "replace batch to be retried");
+                        self.progress(index, |p| p.retries += 1);
+                        tokio::time::sleep(delay).await;
+                    }
+                    other => break other,
+                }
+            };
+            match outcome {
+                SendOutcome::Success { invalid, .. } => {
+                    if invalid > 0 {
+                        metrics::counter!("koala_destination_invalid_entries_total", "destination" => name.clone())
+                            .increment(invalid as u64);
+                    }
+                    let ids: Vec<i64> = current.iter().map(|p| p.person_id).collect();
+                    if let Err(e) = self
+                        .store
+                        .mark_replaced(&name, audience.id, &ids, now_ms())
+                        .await
+                    {
+                        return Err(self.abandon(&name, started_at, e.to_string()).await);
+                    }
+                    self.progress(index, |p| {
+                        p.batches += 1;
+                        p.rows += ids.len() as u64;
+                    });
+                }
+                SendOutcome::RetryLater { reason, .. } => {
+                    let e = format!(
+                        "batch {batch_seq} still failing after {REPLACE_ATTEMPTS} tries: {reason}"
+                    );
+                    return Err(self.abandon(&name, started_at, e).await);
+                }
+                SendOutcome::Permanent { reason } | SendOutcome::DestinationDown { reason } => {
+                    let e = format!("batch {batch_seq} refused: {reason}");
+                    return Err(self.abandon(&name, started_at, e).await);
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            current = next;
+        }
+        self.store
+            .finish_replace(&name, audience.id, started_at, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.progress(index, |p| p.done = true);
+        tracing::info!(destination = %name, audience = %audience.name, session_id, batches = batch_seq, "replace finished");
+        Ok(())
+    }
+
+    /// A replace that stopped part-way: the platform's state is unknown,
+    /// so every member goes again through the normal path.
+    async fn abandon(&self, destination: &str, started_at: i64, error: String) -> String {
+        tracing::error!(destination, audience = %self.audience.name, error = %error, "replace failed; members will be sent again");
+        match self
+            .store
+            .finish_replace(destination, self.audience.id, started_at, false)
+            .await
+        {
+            Ok(()) => error,
+            Err(e) => format!("{error} (and forgetting the acknowledgements failed: {e})"),
+        }
+    }
+
     fn touched(&self, diff: &SnapshotDiff) {
         if diff.entered + diff.exited + diff.unchanged > 0 {
             for d in &self.audience.destinations {
                 self.wakers.wake(d);
             }
         }
+    }
+}
+
+/// Reads an audience's members in person_id pages and hands out batches of
+/// people the destination can address, reading at most a page ahead.
+struct MemberPages {
+    store: Arc<dyn Store>,
+    audience_id: i64,
+    batch: usize,
+    after: i64,
+    exhausted: bool,
+    buffer: VecDeque<PersonRecord>,
+    unaddressable: u64,
+}
+
+impl MemberPages {
+    fn new(store: Arc<dyn Store>, audience_id: i64, batch: usize) -> Self {
+        MemberPages {
+            store,
+            audience_id,
+            batch,
+            after: 0,
+            exhausted: false,
+            buffer: VecDeque::new(),
+            unaddressable: 0,
+        }
+    }
+
+    /// The next batch (full unless it is the last); empty at the end.
+    async fn next_batch(&mut self, dest: &dyn Destination) -> Result<Vec<PersonRecord>, String> {
+        while !self.exhausted && self.buffer.len() < self.batch {
+            let page = self
+                .store
+                .members_page(self.audience_id, self.after, self.batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.exhausted = page.len() < self.batch;
+            if let Some(last) = page.last() {
+                self.after = last.person_id;
+            }
+            for person in page {
+                if dest.can_address(&person) {
+                    self.buffer.push_back(person);
+                } else {
+                    self.unaddressable += 1;
+                }
+            }
+        }
+        let n = self.batch.min(self.buffer.len());
+        Ok(self.buffer.drain(..n).collect())
     }
 }

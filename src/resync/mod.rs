@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use job::{JobState, Phase, Trigger};
+pub use job::{JobState, Phase, ReplaceProgress, ReplaceTarget, Trigger};
 
 use crate::audiences::{AudienceDef, Catalog};
 use crate::customerio::app_api::{AppApiClient, MAX_MEMBERSHIP_LIMIT};
@@ -40,6 +40,9 @@ pub enum ResyncError {
     NotConfigured,
     #[error("no audience named {0:?}")]
     UnknownAudience(String),
+    /// A replace that cannot be done as asked.
+    #[error("replace: {0}")]
+    BadReplace(String),
 }
 
 pub struct Resyncs {
@@ -83,25 +86,54 @@ impl Resyncs {
     }
 
     /// Starts a resync of `audience`, or returns the one already running
-    /// (`false` as the second value).
+    /// (`false` as the second value). After the membership is applied, the
+    /// platform audience of each `replace` destination is replaced in full
+    /// with koala's members (not with a dry run; each must be a destination
+    /// of the audience that supports it).
     pub fn start(
         self: &Arc<Self>,
         audience: &str,
         dry_run: bool,
         trigger: Trigger,
+        replace: Vec<ReplaceTarget>,
     ) -> Result<(JobState, bool), ResyncError> {
         let def = self
             .catalog
             .by_name(audience)
             .cloned()
             .ok_or_else(|| ResyncError::UnknownAudience(audience.to_owned()))?;
+        if !replace.is_empty() && dry_run {
+            return Err(ResyncError::BadReplace(
+                "cannot be combined with dry_run".into(),
+            ));
+        }
+        let mut names: Vec<String> = Vec::new();
+        for t in &replace {
+            let name = t.destination.name();
+            if !def.destinations.iter().any(|d| d == name) {
+                return Err(ResyncError::BadReplace(format!(
+                    "{name:?} is not a destination of audience {:?}",
+                    def.name
+                )));
+            }
+            if !t.destination.supports_replace() {
+                return Err(ResyncError::BadReplace(format!(
+                    "destination {name:?} cannot replace an audience"
+                )));
+            }
+            if names.iter().any(|n| n == name) {
+                return Err(ResyncError::BadReplace(format!("{name:?} is named twice")));
+            }
+            names.push(name.to_owned());
+        }
         let client = self.client.clone().ok_or(ResyncError::NotConfigured)?;
         let mut jobs = self.jobs.lock().expect("jobs lock");
         if let Some(id) = jobs.running.get(audience) {
             let state = jobs.by_id[id].lock().expect("job lock").clone();
             return Ok((state, false));
         }
-        let state = JobState::new(&def, dry_run, trigger);
+        let mut state = JobState::new(&def, dry_run, trigger);
+        state.replace = names;
         let id = state.id.clone();
         let shared = Arc::new(Mutex::new(state.clone()));
         jobs.by_id.insert(id.clone(), shared.clone());
@@ -118,6 +150,7 @@ impl Resyncs {
                 state: shared.clone(),
                 page_limit: this.page_limit,
                 enrich,
+                replace,
             };
             run.execute().await;
             this.finished(&shared);
@@ -196,7 +229,7 @@ impl Resyncs {
                         _ = cancel.cancelled() => return,
                         _ = tick.tick() => {}
                     }
-                    match this.start(&audience, false, Trigger::Schedule) {
+                    match this.start(&audience, false, Trigger::Schedule, Vec::new()) {
                         Ok((job, true)) => {
                             tracing::info!(audience = %audience, job = %job.id, "scheduled reconciliation started")
                         }

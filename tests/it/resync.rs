@@ -396,3 +396,312 @@ async fn people_first_seen_in_a_resync_get_their_phone_from_the_app_api() {
     .await;
     app.stop().await;
 }
+
+// ---- full replace (`?replace=meta`: Meta's usersreplace with a session) ----
+
+/// Like `config`, with more keys for the Meta destination.
+fn replace_config(api: &FakeAppApi, meta: &FakeMeta, meta_extra: &str) -> String {
+    base_config(&cio(api, 1000))
+        + &meta.destination_toml(
+            "meta",
+            &format!("identifiers = [\"extern_id\", \"email\"]\n{meta_extra}"),
+        )
+        + &cart_audience(
+            &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
+            "mirror",
+        )
+}
+
+/// koala has `people` (by webhook) and Meta has them beside `stale`.
+async fn connected(app: &TestApp, meta: &FakeMeta, stale: &[&str], people: &[&str]) {
+    for p in people {
+        app.segment_event(CART_SEGMENT, p, "entered", T0).await;
+    }
+    let want: BTreeSet<String> = stale.iter().chain(people).map(|s| s.to_string()).collect();
+    until(
+        "koala's members at Meta beside the stale ones",
+        LONG,
+        || async { meta.members(AUD) == want },
+    )
+    .await;
+}
+
+fn acknowledged(audience: &Value) -> Value {
+    audience["destinations"][0]["acknowledged_members"].clone()
+}
+
+#[tokio::test]
+async fn a_replace_makes_an_existing_meta_audience_hold_exactly_koalas_members() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    // The Meta audience existed before koala: it holds people koala never had.
+    meta.set_members(AUD, &["x1", "x2"]);
+    let app = TestApp::start_with(&replace_config(&api, &meta, "")).await;
+    connected(&app, &meta, &["x1", "x2"], &["u1", "u2"]).await;
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u1"), member("u2")],
+    );
+
+    let job = resync(&app, "?replace=meta").await;
+    assert_eq!(job["replace"], json!(["meta"]), "{job}");
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    let r = &done["replaced"][0];
+    assert_eq!(r["destination"], "meta", "{done}");
+    assert_eq!(r["platform_audience_id"], AUD);
+    assert_eq!(r["done"], true);
+    assert_eq!(r["batches"], 1);
+    assert_eq!(r["rows"], 2);
+
+    assert_eq!(meta.members(AUD), set(&["u1", "u2"]));
+    let replaces = meta.replace_requests();
+    assert_eq!(replaces.len(), 1);
+    assert_eq!(replaces[0].method, "POST");
+    assert_eq!(replaces[0].rows.len(), 2);
+    let session = replaces[0].session.clone().unwrap();
+    assert_eq!(session["batch_seq"], 1);
+    assert_eq!(session["last_batch_flag"], true);
+    assert_eq!(session["estimated_num_total"], 2);
+    assert!(session["session_id"].as_u64().unwrap() < 1 << 53);
+    assert_eq!(session["session_id"], r["session_id"]);
+    assert_eq!(acknowledged(&app.audience(CART).await), 2);
+
+    // The normal path goes on afterwards: an exit is a DELETE.
+    let later = chrono::Utc::now().timestamp() + 2;
+    app.segment_event(CART_SEGMENT, "u1", "exited", later).await;
+    until("u1 removed from Meta", LONG, || async {
+        meta.members(AUD) == set(&["u2"])
+    })
+    .await;
+    assert!(meta
+        .successful_requests()
+        .iter()
+        .any(|r| r.method == "DELETE" && !r.replace && r.rows.iter().any(|row| row[0] == "u1")));
+    until("acknowledged members 1", LONG, || async {
+        acknowledged(&app.audience(CART).await) == 1
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replace_must_name_a_destination_of_the_audience_and_is_no_dry_run() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let app = TestApp::start_with(&replace_config(&api, &meta, "")).await;
+    let path = format!("/v1/audiences/{CART}/resync");
+    let (status, body) = app
+        .admin_post(&format!("{path}?replace=meta&dry_run=true"), &json!({}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dry_run"),
+        "{body}"
+    );
+    let (status, body) = app
+        .admin_post(&format!("{path}?replace=meta,nope"), &json!({}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"nope\""),
+        "{body}"
+    );
+    // No job was started by either.
+    assert!(app.audience(CART).await["last_resync"].is_null());
+
+    // An empty audience: nothing to send, Meta is left as it is.
+    meta.set_members(AUD, &["x1"]);
+    api.set_segment(CART_SEGMENT as u64, "cart", vec![]);
+    let job = resync(&app, "?replace=meta").await;
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    assert!(
+        done["replaced"][0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to replace"),
+        "{done}"
+    );
+    assert_eq!(meta.replace_requests().len(), 0);
+    assert_eq!(meta.members(AUD), set(&["x1"]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replace_needs_an_existing_platform_audience() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let cfg = base_config(&cio(&api, 1000))
+        + &meta.destination_toml("meta", "identifiers = [\"extern_id\", \"email\"]")
+        + &cart_audience(r#"{ destination = "meta" }"#, "mirror");
+    let app = TestApp::start_with(&cfg).await;
+    // Nobody ever entered: koala has not created a Meta audience either.
+    api.set_segment(CART_SEGMENT as u64, "cart", vec![]);
+    let job = resync(&app, "?replace=meta").await;
+    let failed = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(failed["phase"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no platform audience id"),
+        "{failed}"
+    );
+    assert!(meta.created_audiences().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_replaces_with_replace_and_refuses_it_with_dry_run() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    meta.set_members(AUD, &["x1"]);
+    let cfg = replace_config(&api, &meta, "");
+    let app = TestApp::start_with(&cfg).await;
+    api.set_segment(CART_SEGMENT as u64, "cart", vec![member("u1")]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("koala.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let run = |extra: &'static [&'static str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_koala"))
+            .args(["resync", CART, "--config"])
+            .arg(&path)
+            .args(["--url", &app.base])
+            .args(extra)
+            .output()
+    };
+    let out = run(&["--replace", "meta", "--dry-run"]).await.unwrap();
+    assert!(!out.status.success());
+    let out = run(&["--replace", "meta"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("replace meta: replaced: 1 people"), "{text}");
+    assert_eq!(meta.members(AUD), set(&["u1"]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_throttled_replace_batch_is_retried_and_the_replace_completes() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    meta.set_members(AUD, &["x1"]);
+    let app = TestApp::start_with(&replace_config(&api, &meta, "")).await;
+    connected(&app, &meta, &["x1"], &["u1", "u2"]).await;
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u1"), member("u2")],
+    );
+    meta.push_response(ScriptedResponse::throttle());
+    let job = resync(&app, "?replace=meta").await;
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    assert_eq!(done["replaced"][0]["retries"], 1, "{done}");
+    assert_eq!(done["replaced"][0]["batches"], 1, "{done}");
+    let replaces = meta.replace_requests();
+    assert_eq!(replaces.len(), 2);
+    assert_eq!(replaces[0].status, 400);
+    assert_eq!(replaces[1].status, 200);
+    // The retry is the same batch of the same session.
+    assert_eq!(replaces[0].session, replaces[1].session);
+    assert_eq!(meta.members(AUD), set(&["u1", "u2"]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replace_refused_part_way_fails_the_job_and_every_member_is_added_again() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    meta.set_members(AUD, &["x1"]);
+    // One person per request: three batches in the session.
+    let app = TestApp::start_with(&replace_config(&api, &meta, "max_batch = 1")).await;
+    connected(&app, &meta, &["x1"], &["u1", "u2", "u3"]).await;
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u1"), member("u2"), member("u3")],
+    );
+    let before = meta.request_count();
+    // Batch 1 goes through, batch 2 is refused.
+    meta.push_response(ScriptedResponse::delay(Duration::ZERO));
+    meta.push_response(ScriptedResponse::invalid_parameter());
+    let job = resync(&app, "?replace=meta").await;
+    let failed = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(failed["phase"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("meta error 100"), "{error}");
+    assert_eq!(failed["replaced"][0]["done"], false);
+    assert_eq!(failed["replaced"][0]["batches"], 1);
+    // The session never had its last batch: Meta kept what it had.
+    assert_eq!(meta.open_sessions(), 1);
+
+    // What Meta holds is unknown to koala now: every member goes again
+    // through the normal /users path.
+    until("every member added again", LONG, || async {
+        let again: BTreeSet<String> = meta.requests()[before..]
+            .iter()
+            .filter(|r| !r.replace && r.method == "POST" && r.status == 200)
+            .flat_map(|r| r.rows.iter().map(|row| row[0].clone()))
+            .collect();
+        again == set(&["u1", "u2", "u3"])
+    })
+    .await;
+    let members = meta.members(AUD);
+    assert!(set(&["u1", "u2", "u3"]).is_subset(&members), "{members:?}");
+    until("acknowledged members 3", LONG, || async {
+        acknowledged(&app.audience(CART).await) == 3
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_fake_meta_holds_replace_sessions_to_their_contract() {
+    let meta = FakeMeta::start().await;
+    meta.set_members(AUD, &["x1"]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v25.0/{AUD}/usersreplace", meta.base_url());
+    let send = |session: Value, id: &str| {
+        let body = json!({
+            "session": session,
+            "payload": {"schema": ["EXTERN_ID"], "is_raw": true, "data": [[id]]},
+        });
+        http.post(&url)
+            .bearer_auth(FAKE_META_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let session = |seq: u64, last: bool| json!({"session_id": 77, "batch_seq": seq, "last_batch_flag": last, "estimated_num_total": 2});
+    // No session, a session starting past 1, a field missing: refused.
+    assert_eq!(send(Value::Null, "a").await.unwrap().status(), 400);
+    assert_eq!(send(session(2, false), "a").await.unwrap().status(), 400);
+    let mut partial = session(1, false);
+    partial
+        .as_object_mut()
+        .unwrap()
+        .remove("estimated_num_total");
+    assert_eq!(send(partial, "a").await.unwrap().status(), 400);
+    // In order: nothing changes until the last batch, then it all does.
+    let first = send(session(1, false), "a").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let answer: Value = first.json().await.unwrap();
+    assert_eq!(answer["session_id"], "77");
+    assert_eq!(answer["num_received"], 1);
+    assert_eq!(meta.members(AUD), set(&["x1"]));
+    assert_eq!(send(session(3, true), "b").await.unwrap().status(), 400);
+    assert_eq!(send(session(2, true), "b").await.unwrap().status(), 200);
+    assert_eq!(meta.members(AUD), set(&["a", "b"]));
+    assert_eq!(meta.open_sessions(), 0);
+}

@@ -16,7 +16,7 @@ pub use encoder::{Encoder, Payload};
 pub use request::{Endpoints, MetaRequest};
 pub use service::Service;
 
-use super::{Destination, Limits, SendOutcome, UNMATCHED};
+use super::{Destination, Limits, ReplaceSession, SendOutcome, UNMATCHED};
 use crate::audiences::AudienceDef;
 use crate::store::{PersonRecord, SyncOp};
 
@@ -149,6 +149,54 @@ impl Destination for MetaDestination {
         }
         SendOutcome::Success { received, invalid }
     }
+
+    fn supports_replace(&self) -> bool {
+        true
+    }
+
+    /// One `usersreplace` request: a session's batch cannot be split here
+    /// (its sequence number is the caller's), so more than 10,000 people
+    /// or none addressable is refused without a request.
+    async fn send_replace(
+        &self,
+        audience_id: &str,
+        session: &ReplaceSession,
+        people: &[PersonRecord],
+    ) -> SendOutcome {
+        if people.len() > MAX_ROWS_PER_REQUEST {
+            return SendOutcome::Permanent {
+                reason: format!(
+                    "a replace batch holds at most {MAX_ROWS_PER_REQUEST} people, not {}",
+                    people.len()
+                ),
+            };
+        }
+        let (payload, skipped) = self.encoder.payload(people);
+        if payload.data.is_empty() {
+            return SendOutcome::Permanent {
+                reason: UNMATCHED.into(),
+            };
+        }
+        let rows = payload.data.len();
+        let req = self.endpoints.users_replace(audience_id, session, &payload);
+        let outcome = self.service.users(req, rows).await;
+        tracing::debug!(
+            destination = %self.config.name,
+            audience_id,
+            batch_seq = session.batch_seq,
+            last_batch = session.last_batch,
+            rows,
+            outcome = outcome.class(),
+            "meta usersreplace batch"
+        );
+        match outcome {
+            SendOutcome::Success { received, invalid } => SendOutcome::Success {
+                received: received + skipped,
+                invalid: invalid + skipped,
+            },
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +248,32 @@ mod tests {
                 received: 0,
                 invalid: 0
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replace_batch_that_cannot_be_sent_is_refused_without_a_request() {
+        let mut c = MetaConfig::new("meta", Secret::new("t"));
+        c.base_url = "http://127.0.0.1:9".into();
+        let d = MetaDestination::new(c).unwrap();
+        assert!(d.supports_replace());
+        let session = ReplaceSession {
+            session_id: 1,
+            batch_seq: 1,
+            last_batch: true,
+            estimated_total: 1,
+        };
+        assert_eq!(
+            d.send_replace("1", &session, &[PersonRecord::default()])
+                .await,
+            SendOutcome::Permanent {
+                reason: UNMATCHED.into()
+            }
+        );
+        let many = vec![PersonRecord::default(); MAX_ROWS_PER_REQUEST + 1];
+        assert_eq!(
+            d.send_replace("1", &session, &many).await.class(),
+            "permanent"
         );
     }
 

@@ -7,6 +7,7 @@ use url::Url;
 
 use super::config::CustomerFileSource;
 use super::encoder::Payload;
+use crate::destinations::ReplaceSession;
 use crate::store::SyncOp;
 
 /// A request ready to send. `body` is serialized JSON and may hold hashes:
@@ -52,6 +53,42 @@ impl Endpoints {
             method,
             url: self.url(&[audience_id, "users"]),
             body: to_json(&Body { payload }),
+        }
+    }
+
+    /// Full replace, one batch: `POST /{version}/{audience_id}/usersreplace`
+    /// with the session (reference §1.3; sub-field names are confirmed only
+    /// by third-party code) and the same payload as `/users`.
+    pub fn users_replace(
+        &self,
+        audience_id: &str,
+        session: &ReplaceSession,
+        payload: &Payload,
+    ) -> MetaRequest {
+        #[derive(Serialize)]
+        struct Session {
+            session_id: u64,
+            batch_seq: u32,
+            last_batch_flag: bool,
+            estimated_num_total: u64,
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            session: Session,
+            payload: &'a Payload,
+        }
+        MetaRequest {
+            method: Method::POST,
+            url: self.url(&[audience_id, "usersreplace"]),
+            body: to_json(&Body {
+                session: Session {
+                    session_id: session.session_id,
+                    batch_seq: session.batch_seq,
+                    last_batch_flag: session.last_batch,
+                    estimated_num_total: session.estimated_total,
+                },
+                payload,
+            }),
         }
     }
 
@@ -134,6 +171,31 @@ mod tests {
         assert_eq!(remove.method, Method::DELETE);
         assert_eq!(remove.url, add.url);
         assert_eq!(body(&remove), body(&add));
+    }
+
+    #[test]
+    fn replace_posts_the_session_and_payload_to_usersreplace() {
+        let e = Endpoints::new("https://graph.facebook.com", "v25.0").unwrap();
+        let session = ReplaceSession {
+            session_id: 9_876_543_210,
+            batch_seq: 2,
+            last_batch: true,
+            estimated_total: 25_000,
+        };
+        let r = e.users_replace("23850001", &session, &payload());
+        assert_eq!(r.method, Method::POST);
+        assert_eq!(
+            r.url.as_str(),
+            "https://graph.facebook.com/v25.0/23850001/usersreplace"
+        );
+        assert_eq!(
+            body(&r),
+            json!({
+                "session": {"session_id": 9_876_543_210u64, "batch_seq": 2,
+                            "last_batch_flag": true, "estimated_num_total": 25_000},
+                "payload": {"schema": ["EXTERN_ID", "EMAIL"], "is_raw": true, "data": [["c1", ""]]},
+            })
+        );
     }
 
     #[test]

@@ -2,7 +2,14 @@
 //! strict where the contract is (destination-apis §1): version in the
 //! path, Bearer token, multi-key JSON payload, ≤ 10,000 rows, hashes as
 //! 64 lowercase hex. It records members per audience and every `/users`
-//! request; failures and delays can be scripted.
+//! and `/usersreplace` request; failures and delays can be scripted.
+//!
+//! `usersreplace` (full replace) follows the session contract koala
+//! assumes (reference §1.3, UNCONFIRMED by Meta's docs): every request
+//! carries `session{session_id, batch_seq, last_batch_flag,
+//! estimated_num_total}`; `batch_seq` starts at 1 and grows by 1 within a
+//! session; the session's rows become the audience's whole membership when
+//! the batch with `last_batch_flag: true` arrives, never before.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -46,11 +53,15 @@ const FILE_SOURCES: &[&str] = &[
     "BOTH_USER_AND_PARTNER_PROVIDED",
 ];
 
-/// One `/users` call as the fake saw it.
+/// One `/users` or `/usersreplace` call as the fake saw it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
-    /// POST (add) or DELETE (remove).
+    /// POST (add, or replace) or DELETE (remove).
     pub method: Method,
+    /// True for `/usersreplace`.
+    pub replace: bool,
+    /// The `session` object a replace sent (None for `/users`).
+    pub session: Option<Value>,
     pub audience_id: String,
     pub schema: Vec<String>,
     /// Empty when the body was refused before its rows were read.
@@ -179,6 +190,15 @@ struct FakeState {
     next_id: u64,
     /// While true, `/users` requests wait (a busy destination).
     held: Option<tokio::sync::watch::Sender<bool>>,
+    /// Replace sessions under way, by (audience, session_id).
+    sessions: HashMap<(String, u64), ReplaceSession>,
+}
+
+/// A `usersreplace` session that has not seen its last batch yet.
+#[derive(Debug, Default)]
+struct ReplaceSession {
+    next_seq: u64,
+    rows: BTreeSet<String>,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -205,6 +225,7 @@ impl FakeMeta {
         }));
         let app = Router::new()
             .route("/{version}/{node}/users", post(users).delete(users))
+            .route("/{version}/{node}/usersreplace", post(users_replace))
             .route("/{version}/{node}/customaudiences", post(create))
             .fallback(|| async { graph_error(400, 2500, None, "Unknown path components") })
             .with_state(state.clone());
@@ -255,9 +276,28 @@ max_backoff = "200ms"
             .unwrap_or_default()
     }
 
-    /// Every `/users` request so far, in arrival order.
+    /// Every `/users` and `/usersreplace` request so far, in arrival order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state().requests.clone()
+    }
+
+    /// The `/usersreplace` requests so far.
+    pub fn replace_requests(&self) -> Vec<RecordedRequest> {
+        self.requests().into_iter().filter(|r| r.replace).collect()
+    }
+
+    /// Sets an audience's members (row keys, see [`FakeMeta::members`]):
+    /// what Meta held before koala was connected.
+    pub fn set_members(&self, audience_id: &str, keys: &[&str]) {
+        self.state().members.insert(
+            audience_id.into(),
+            keys.iter().map(|k| k.to_string()).collect(),
+        );
+    }
+
+    /// Replace sessions that have not had their last batch.
+    pub fn open_sessions(&self) -> usize {
+        self.state().sessions.len()
     }
 
     pub fn request_count(&self) -> usize {
@@ -268,7 +308,7 @@ max_backoff = "200ms"
         self.state().created.clone()
     }
 
-    /// Queued: each `/users` request takes the next one.
+    /// Queued: each `/users` or `/usersreplace` request takes the next one.
     pub fn push_response(&self, r: ScriptedResponse) {
         self.state().script.push_back(r);
     }
@@ -327,6 +367,38 @@ async fn users(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    handle_users(state, method, version, audience_id, headers, body, false).await
+}
+
+async fn users_replace(
+    State(state): State<Shared>,
+    Path((version, audience_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle_users(
+        state,
+        Method::POST,
+        version,
+        audience_id,
+        headers,
+        body,
+        true,
+    )
+    .await
+}
+
+/// `/users` (add, remove) and `/usersreplace`: same gate, script, checks
+/// and payload; a replace also carries a session.
+async fn handle_users(
+    state: Shared,
+    method: Method,
+    version: String,
+    audience_id: String,
+    headers: HeaderMap,
+    body: Bytes,
+    replace: bool,
+) -> Response {
     let mut gate = state.lock().unwrap().held.as_ref().unwrap().subscribe();
     while *gate.borrow_and_update() {
         if gate.changed().await.is_err() {
@@ -336,9 +408,18 @@ async fn users(
     let latency = state.lock().unwrap().latency;
     tokio::time::sleep(latency).await;
     let scripted = state.lock().unwrap().script.pop_front();
+    let session_sent = if replace {
+        serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("session").cloned())
+    } else {
+        None
+    };
     let record = |schema: Vec<String>, rows: Vec<Vec<String>>, status: u16| {
         state.lock().unwrap().requests.push(RecordedRequest {
             method: method.clone(),
+            replace,
+            session: session_sent.clone(),
             audience_id: audience_id.clone(),
             schema,
             rows,
@@ -386,6 +467,31 @@ async fn users(
         Ok(parsed) => parsed,
         Err(message) => return refused(400, 100, None, message),
     };
+    if replace {
+        let session = match parse_session(session_sent.as_ref()) {
+            Ok(session) => session,
+            Err(message) => return refused(400, 100, None, message),
+        };
+        let outcome = apply_replace(&state, &audience_id, session, &schema, &rows);
+        return match outcome {
+            Ok(invalid) => {
+                let received = rows.len();
+                record(schema, rows, 200);
+                (
+                    StatusCode::OK,
+                    axum::Json(json!({
+                        "audience_id": audience_id,
+                        "session_id": session.session_id.to_string(),
+                        "num_received": received,
+                        "num_invalid_entries": invalid,
+                        "invalid_entry_samples": {},
+                    })),
+                )
+                    .into_response()
+            }
+            Err(message) => refused(400, 100, None, message),
+        };
+    }
     let mut invalid = 0;
     {
         let mut s = state.lock().unwrap();
@@ -416,6 +522,75 @@ async fn users(
         })),
     )
         .into_response()
+}
+
+/// The `session` of a replace request.
+#[derive(Debug, Clone, Copy)]
+struct SessionSent {
+    session_id: u64,
+    batch_seq: u64,
+    last_batch: bool,
+}
+
+fn parse_session(session: Option<&Value>) -> Result<SessionSent, &'static str> {
+    let s = session
+        .filter(|s| s.is_object())
+        .ok_or("(#100) The parameter session is required")?;
+    let session_id = s["session_id"]
+        .as_u64()
+        .ok_or("(#100) session.session_id must be a number")?;
+    let batch_seq = s["batch_seq"]
+        .as_u64()
+        .filter(|n| *n >= 1)
+        .ok_or("(#100) session.batch_seq must be a number from 1")?;
+    let last_batch = s["last_batch_flag"]
+        .as_bool()
+        .ok_or("(#100) session.last_batch_flag must be a boolean")?;
+    s["estimated_num_total"]
+        .as_u64()
+        .ok_or("(#100) session.estimated_num_total must be a number")?;
+    Ok(SessionSent {
+        session_id,
+        batch_seq,
+        last_batch,
+    })
+}
+
+/// Adds the rows to the session; its last batch makes them the audience's
+/// members. Returns how many rows were invalid.
+fn apply_replace(
+    state: &Shared,
+    audience_id: &str,
+    session: SessionSent,
+    schema: &[String],
+    rows: &[Vec<String>],
+) -> Result<usize, &'static str> {
+    let mut s = state.lock().unwrap();
+    let key = (audience_id.to_owned(), session.session_id);
+    let expected = s.sessions.get(&key).map_or(1, |open| open.next_seq);
+    if session.batch_seq != expected {
+        return Err(if expected == 1 {
+            "(#100) A new session must start at batch_seq 1"
+        } else {
+            "(#100) batch_seq must follow the previous batch of the session"
+        });
+    }
+    let open = s.sessions.entry(key.clone()).or_default();
+    open.next_seq = session.batch_seq + 1;
+    let mut invalid = 0;
+    for row in rows {
+        match row_key(schema, row) {
+            Some(k) => {
+                open.rows.insert(k);
+            }
+            None => invalid += 1,
+        }
+    }
+    if session.last_batch {
+        let done = s.sessions.remove(&key).expect("just inserted");
+        s.members.insert(audience_id.to_owned(), done.rows);
+    }
+    Ok(invalid)
 }
 
 async fn create(
