@@ -1324,18 +1324,33 @@ fn report_batch(report: &mut Report, load: &BatchLoad, calls: &[usize], tally: &
         "",
     );
     let fill = rows as f64 / rest.len() as f64 / META_MAX_BATCH as f64 * 100.0;
-    let met = fill >= 95.0;
-    report.check(
-        s,
-        name("mean batch fill, after the first"),
-        fill,
-        "%",
-        ">= 95%",
-        met,
-    );
-    // At 1 request/s a call can only carry what arrived in one second.
+    // At `rps` requests/s a call can only carry what arrived meanwhile.
     let best = (load.arrival_rate / load.rps / META_MAX_BATCH as f64 * 100.0).min(100.0);
-    report.num(s, name("best fill this arrival rate allows"), best, "%");
+    if best >= 100.0 {
+        // The rate limit is the bottleneck: the target applies.
+        report.check(
+            s,
+            name("mean batch fill, after the first"),
+            fill,
+            "%",
+            ">= 95%",
+            fill >= 95.0,
+        );
+    } else {
+        // Arrivals are the bottleneck: no call can be full; what counts is
+        // that each carries everything that arrived.
+        report.num(s, name("mean batch fill, after the first"), fill, "%");
+        report.num(s, name("best fill this arrival rate allows"), best, "%");
+        let of_best = fill / best * 100.0;
+        report.check(
+            s,
+            name("fill / best possible"),
+            of_best,
+            "%",
+            ">= 95%",
+            of_best >= 95.0,
+        );
+    }
 }
 
 // ---------------------------------------------------------------- 4: resync

@@ -151,7 +151,7 @@ fn check(path: &Path) -> ExitCode {
                 path.display(),
                 c.audiences.len(),
                 c.destinations.len(),
-                c.store.url
+                c.store_url_redacted()
             );
             ExitCode::SUCCESS
         }
@@ -186,7 +186,7 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let store = crate::store::open(&config.store.url)
         .await
-        .with_context(|| format!("opening store {}", config.store.url))?;
+        .with_context(|| format!("opening store {}", config.store_url_redacted()))?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;

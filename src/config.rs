@@ -319,7 +319,7 @@ impl Config {
         if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres")) {
             p.push(format!(
                 "store.url: unsupported store {:?} (expected sqlite://PATH or postgres://…)",
-                self.store.url
+                self.store_url_redacted()
             ));
         }
         let cio = &self.customerio;
@@ -418,6 +418,17 @@ impl Config {
         self.audiences.iter().find(|a| a.name == name)
     }
 
+    /// The store URL with any password replaced, for messages and logs.
+    pub fn store_url_redacted(&self) -> String {
+        match url::Url::parse(&self.store.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => self.store.url.clone(),
+        }
+    }
+
     /// Where a client on this machine reaches koala (CLI commands).
     pub fn local_base_url(&self) -> String {
         let a = self.server.listen;
@@ -469,6 +480,15 @@ mod tests {
         assert_eq!(c.server.body_limit_bytes, 1 << 20);
         assert_eq!(c.customerio.region, Region::Us);
         assert_eq!(c.audiences[0].mode, AudienceMode::Mirror);
+    }
+
+    #[test]
+    fn a_store_password_never_appears_in_messages() {
+        let mut c = Config::from_toml(MINIMAL).unwrap();
+        c.store.url = "postgres://koala:s3cret@db:5432/koala".into();
+        assert_eq!(c.store_url_redacted(), "postgres://koala:***@db:5432/koala");
+        c.store.url = "mysql://koala:s3cret@db/koala".into();
+        assert!(c.problems().iter().all(|p| !p.contains("s3cret")));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else {
         Err(StoreError::Other(format!(
-            "unsupported store URL scheme in {:?} (this build has sqlite)",
+            "unsupported store URL scheme {:?} (this build has sqlite)",
             url.split(':').next().unwrap_or_default()
         )))
     }
