@@ -173,6 +173,21 @@ mod tests {
     }
 
     #[test]
+    fn a_member_with_an_older_stamp_is_always_confirmed_by_a_newer_entry() {
+        // The resync's SQL shortcut relies on this.
+        for rank_member in [true, false] {
+            for source in [Source::SegmentWebhook, Source::Resync] {
+                let stored = Stamp::new(99, rank_member, source, "zzzz");
+                let incoming = Stamp::new(100, true, Source::Resync, "a");
+                assert_eq!(
+                    decide(Some((true, &stored)), true, &incoming),
+                    Decision::Confirm
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_completed_snapshot_makes_older_facts_stale_for_everyone() {
         // Never seen, snapshot at 100: an entry from before it is stale,
         // one after it applies.

@@ -247,6 +247,50 @@ async fn masked_people(tx: &mut SqliteConnection, person_ids: &[i64]) -> Result<
         .collect())
 }
 
+/// Members found by id who are already in the audience with a stamp older
+/// than the snapshot: `decide` can only say Confirm for them (an older
+/// stamp loses to the snapshot whatever the tie-break ranks), so SQL picks
+/// them out and only their person ids come back. Returns those ids and the
+/// members still to be decided one by one.
+async fn already_members(
+    tx: &mut SqliteConnection,
+    job: &SnapshotJob,
+    members: &[Identifiers],
+) -> Result<(Vec<i64>, Vec<Identifiers>)> {
+    if snapshot_floor(tx, job.audience.id)
+        .await?
+        .is_some_and(|f| f >= job.stamp_at)
+    {
+        return Ok((Vec::new(), members.to_vec()));
+    }
+    let ids: Vec<Option<&str>> = members.iter().map(|m| m.id.as_deref()).collect();
+    // CROSS JOIN keeps this loop order: each member probes the indexes.
+    let rows = sqlx::query(
+        "SELECT j.key, p.person_id FROM json_each($1) AS j
+         CROSS JOIN people AS p CROSS JOIN memberships AS m
+         WHERE p.customer_id = j.value AND m.audience_id = $2 AND m.person_id = p.person_id
+           AND m.is_member AND m.stamp_at < $3",
+    )
+    .bind(serde_json::to_string(&ids).expect("ids serialize"))
+    .bind(job.audience.id)
+    .bind(job.stamp_at)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut settled = vec![false; members.len()];
+    let mut already = Vec::with_capacity(rows.len());
+    for r in rows {
+        settled[r.get::<i64, _>(0) as usize] = true;
+        already.push(r.get(1));
+    }
+    let rest = members
+        .iter()
+        .zip(&settled)
+        .filter(|(_, s)| !**s)
+        .map(|(m, _)| m.clone())
+        .collect();
+    Ok((already, rest))
+}
+
 /// One chunk of snapshot members.
 pub(super) async fn members_chunk(
     conn: &mut SqliteConnection,
@@ -255,6 +299,11 @@ pub(super) async fn members_chunk(
 ) -> Result<SnapshotDiff> {
     let mut tx = conn.begin().await?;
     let mut diff = SnapshotDiff::default();
+    // Most members of a segment are usually already members: settle those
+    // in SQL without bringing their rows into Rust.
+    let (already, members) = already_members(&mut tx, job, members).await?;
+    diff.unchanged += already.len() as u64;
+    let members = &members[..];
     let mut found = resolve(&mut tx, members).await?;
     if !job.dry_run {
         let before: HashSet<i64> = found.iter().flatten().copied().collect();
@@ -270,7 +319,7 @@ pub(super) async fn members_chunk(
     } else {
         diff.new_people = found.iter().filter(|f| f.is_none()).count() as u64;
     }
-    let known: Vec<i64> = found.iter().flatten().copied().collect();
+    let mut known: Vec<i64> = found.iter().flatten().copied().collect();
     let current: HashMap<i64, (bool, Stamp)> = sqlx::query(
         "SELECT m.person_id, m.is_member, m.stamp_at, m.stamp_rank, m.stamp_key FROM memberships m
          WHERE m.audience_id = $1 AND m.person_id IN (SELECT value FROM json_each($2))",
@@ -318,6 +367,8 @@ pub(super) async fn members_chunk(
             Decision::Stale => diff.stale += 1,
         }
     }
+    known.extend(&already);
+    confirmed.extend(&already);
     sqlx::query(
         "INSERT INTO resync_seen (job_id, person_id) SELECT $1, value FROM json_each($2) WHERE TRUE
          ON CONFLICT DO NOTHING",
