@@ -40,38 +40,38 @@ pub(super) async fn load_people(tx: &mut SqliteConnection, ids: &[&Identifiers])
         values[2].extend(i.email.as_ref().map(|e| e.as_str().to_owned()));
         values[3].extend(i.phone.as_ref().map(|p| p.e164().to_owned()));
     }
-    let mut rows = Vec::new();
-    for (column, vals) in ["customer_id", "cio_id", "email", "phone"]
-        .iter()
-        .zip(&values)
-    {
-        if vals.is_empty() {
-            continue;
+    // One statement; SQLite answers an OR of indexed IN-lists by probing
+    // each index.
+    let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
+    let rows: Vec<PersonRow> = sqlx::query(
+        "SELECT person_id, customer_id, cio_id, email, phone, attributes, profile_at, subscribed, subscription_at
+         FROM people
+         WHERE customer_id IN (SELECT value FROM json_each($1)) OR cio_id IN (SELECT value FROM json_each($2))
+            OR email IN (SELECT value FROM json_each($3)) OR phone IN (SELECT value FROM json_each($4))",
+    )
+    .bind(json(&values[0]))
+    .bind(json(&values[1]))
+    .bind(json(&values[2]))
+    .bind(json(&values[3]))
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|r| {
+        let attrs: String = r.get(5);
+        PersonRow {
+            person_id: r.get(0),
+            customer_id: r.get(1),
+            cio_id: r.get(2),
+            email: r.get(3),
+            phone: r.get(4),
+            attributes: serde_json::from_str(&attrs).unwrap_or_default(),
+            profile_at: r.get(6),
+            subscribed: r.get(7),
+            subscription_at: r.get(8),
+            ..Default::default()
         }
-        let sql = format!(
-            "SELECT person_id, customer_id, cio_id, email, phone, attributes, profile_at, subscribed, subscription_at
-             FROM people WHERE {column} IN (SELECT value FROM json_each($1))"
-        );
-        for r in sqlx::query(&sql)
-            .bind(serde_json::to_string(vals).expect("strings serialize"))
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            let attrs: String = r.get(5);
-            rows.push(PersonRow {
-                person_id: r.get(0),
-                customer_id: r.get(1),
-                cio_id: r.get(2),
-                email: r.get(3),
-                phone: r.get(4),
-                attributes: serde_json::from_str(&attrs).unwrap_or_default(),
-                profile_at: r.get(6),
-                subscribed: r.get(7),
-                subscription_at: r.get(8),
-                ..Default::default()
-            });
-        }
-    }
+    })
+    .collect();
     let next: i64 = sqlx::query("SELECT COALESCE(MAX(person_id), 0) + 1 FROM people")
         .fetch_one(&mut *tx)
         .await?
@@ -240,13 +240,14 @@ pub(super) async fn apply_group(
                 },
             );
         }
-        let floor: Option<i64> =
-            sqlx::query("SELECT snapshot_at FROM audiences WHERE audience_id = $1")
-                .bind(audience_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .get(0);
-        floors.insert(*audience_id, floor);
+    }
+    if !pids_by_audience.is_empty() {
+        for r in sqlx::query("SELECT audience_id, snapshot_at FROM audiences")
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            floors.insert(r.get(0), r.get(1));
+        }
     }
 
     // Every command in order, through the one rule.
