@@ -85,11 +85,7 @@ async fn handle_segments(
         .submit(IngestCommand::Segment { event, audiences })
         .await?;
     Ok(match outcome {
-        IngestOutcome::Duplicate => {
-            metrics::counter!("koala_webhook_duplicates_total", "endpoint" => SEGMENTS)
-                .increment(1);
-            json!({ "status": "duplicate" })
-        }
+        IngestOutcome::Duplicate => duplicate(SEGMENTS),
         IngestOutcome::Accepted { audiences, .. } => {
             for a in &audiences {
                 match a.outcome {
@@ -123,11 +119,7 @@ async fn handle_reporting(
         .submit(IngestCommand::Reporting(event))
         .await?;
     Ok(match outcome {
-        IngestOutcome::Duplicate => {
-            metrics::counter!("koala_webhook_duplicates_total", "endpoint" => REPORTING)
-                .increment(1);
-            json!({ "status": "duplicate" })
-        }
+        IngestOutcome::Duplicate => duplicate(REPORTING),
         IngestOutcome::Accepted { .. } => {
             metrics::counter!("koala_reporting_events_total", "object_type" => object_type, "metric" => metric).increment(1);
             json!({ "status": "accepted" })
@@ -182,6 +174,12 @@ async fn verified_body(
         ));
     }
     Ok(raw)
+}
+
+/// A delivery seen before: 2xx, counted, nothing changed.
+fn duplicate(endpoint: &'static str) -> Value {
+    metrics::counter!("koala_webhook_duplicates_total", "endpoint" => endpoint).increment(1);
+    json!({ "status": "duplicate" })
 }
 
 fn payload_error(e: PayloadError) -> ApiError {
