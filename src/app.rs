@@ -51,6 +51,13 @@ impl RunningApp {
         Ok(())
     }
 
+    /// What a config reload needs, without holding the app.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            engine: self.engine.clone(),
+        }
+    }
+
     /// Hard stop for tests that simulate a crash: abort everything at once.
     pub fn abort(self) {
         self.server.abort();
@@ -66,6 +73,26 @@ impl RunningApp {
 
     pub fn stop_token(&self) -> CancellationToken {
         self.stop.clone()
+    }
+}
+
+/// Applies a changed config to a running app.
+#[derive(Clone)]
+pub struct Reloader {
+    engine: Arc<Engine>,
+}
+
+impl Reloader {
+    /// Applies a changed config's destination settings (tokens, URLs) and
+    /// resumes paused destinations. Audiences, limits, the listener and the
+    /// store are read at start only.
+    pub fn reload(&self, config: &Config) -> anyhow::Result<Vec<String>> {
+        let destinations = config
+            .destinations
+            .iter()
+            .map(destinations::build)
+            .collect::<anyhow::Result<Vec<Arc<dyn Destination>>>>()?;
+        Ok(self.engine.reload(destinations))
     }
 }
 

@@ -173,7 +173,7 @@ fn serve(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(serve_async(config)) {
+    match runtime.block_on(serve_async(config, path.to_owned())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("koala: {e:#}");
@@ -182,7 +182,7 @@ fn serve(path: &Path) -> ExitCode {
     }
 }
 
-async fn serve_async(config: Config) -> anyhow::Result<()> {
+async fn serve_async(config: Config, path: PathBuf) -> anyhow::Result<()> {
     use anyhow::Context;
     let store = crate::store::open(&config.store.url)
         .await
@@ -191,6 +191,10 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
     let app = crate::app::start(config, listener, store).await?;
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(app.reloader(), path));
+    #[cfg(not(unix))]
+    let _ = path;
     let stop = app.stop_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -198,6 +202,31 @@ async fn serve_async(config: Config) -> anyhow::Result<()> {
         stop.cancel();
     });
     app.wait().await
+}
+
+/// SIGHUP re-reads the config file: destination settings (a rotated
+/// token, say) are applied and paused destinations resume. A config with
+/// problems is refused, with every problem logged, and koala keeps running.
+#[cfg(unix)]
+async fn reload_on_sighup(app: crate::app::Reloader, path: PathBuf) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(config) => match app.reload(&config) {
+                Ok(names) => {
+                    tracing::info!(destinations = ?names, "config reloaded; destinations resumed")
+                }
+                Err(e) => tracing::error!(error = %e, "config reload refused"),
+            },
+            Err(problems) => {
+                for p in problems.0 {
+                    tracing::error!(problem = %p, "config reload refused");
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

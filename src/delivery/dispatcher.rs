@@ -10,14 +10,13 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::full_jitter;
 use super::engine::Control;
 use crate::audiences::Catalog;
-use crate::destinations::{Destination, SendOutcome, UNMATCHED};
+use crate::destinations::{SendOutcome, UNMATCHED};
 use crate::store::{now_ms, Store, WorkBatch};
 
 /// How long a claimed batch stays leased; longer than any request.
 const LEASE: Duration = Duration::from_secs(300);
 
 pub(super) struct Dispatcher {
-    pub destination: Arc<dyn Destination>,
     pub store: Arc<dyn Store>,
     pub catalog: Catalog,
     pub control: Arc<Control>,
@@ -34,8 +33,8 @@ impl Dispatcher {
     /// in the store and leave together in full batches, and when it is idle
     /// a change leaves at once.
     pub async fn run(self) {
-        let limits = self.destination.limits();
-        let name = self.destination.name().to_owned();
+        let limits = self.control.destination().limits();
+        let name = self.control.destination().name().to_owned();
         let permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
         let limiter = Arc::new(rate_limiter(limits.requests_per_second));
         // Retries come due without a wake-up; look for them this often.
@@ -131,7 +130,7 @@ impl Dispatcher {
 
     async fn try_deliver(&self, batch: &WorkBatch) -> Result<(), crate::store::StoreError> {
         let name = batch.destination.as_str();
-        let dest = &self.destination;
+        let dest = self.control.destination();
         let (people, unmatched): (Vec<_>, Vec<_>) = batch
             .items
             .iter()
@@ -234,7 +233,8 @@ impl Dispatcher {
         if let Some(id) = ids.get(&audience_id) {
             return Ok(id.clone());
         }
-        let name = self.destination.name();
+        let destination = self.control.destination();
+        let name = destination.name();
         let store_err = |e: crate::store::StoreError| SendOutcome::RetryLater {
             after: Some(Duration::from_secs(1)),
             reason: format!("store: {e}"),
@@ -255,7 +255,7 @@ impl Dispatcher {
                 .ok_or_else(|| SendOutcome::Permanent {
                     reason: format!("audience {audience_id} is no longer configured"),
                 })?;
-        let id = self.destination.create_audience(&audience).await?;
+        let id = destination.create_audience(&audience).await?;
         self.store
             .record_destination_audience(name, audience_id, &id, now_ms())
             .await

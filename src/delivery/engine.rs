@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -23,16 +23,29 @@ pub struct DestinationStatus {
     pub last_error_at: Option<i64>,
 }
 
-/// Shared between a dispatcher and the admin API.
-#[derive(Default)]
+/// Shared between a dispatcher, the admin API and config reloads.
 pub(crate) struct Control {
     pub status: Mutex<DestinationStatus>,
     pub resumed: tokio::sync::Notify,
+    /// Swapped by a config reload (a rotated token, say).
+    destination: RwLock<Arc<dyn Destination>>,
 }
 
 impl Control {
+    fn new(destination: Arc<dyn Destination>) -> Self {
+        Control {
+            status: Mutex::new(DestinationStatus::default()),
+            resumed: tokio::sync::Notify::new(),
+            destination: RwLock::new(destination),
+        }
+    }
+
     pub fn snapshot(&self) -> DestinationStatus {
         self.status.lock().expect("status lock").clone()
+    }
+
+    pub fn destination(&self) -> Arc<dyn Destination> {
+        self.destination.read().expect("destination lock").clone()
     }
 }
 
@@ -65,7 +78,7 @@ impl Engine {
         let mut controls = HashMap::new();
         for destination in destinations {
             let name = destination.name().to_owned();
-            let control = Arc::new(Control::default());
+            let control = Arc::new(Control::new(destination.clone()));
             metrics::gauge!("koala_destination_paused", "destination" => name.clone()).set(0.0);
             let audience_ids = catalog
                 .all()
@@ -77,7 +90,6 @@ impl Engine {
                 })
                 .collect();
             let dispatcher = Dispatcher {
-                destination,
                 store: store.clone(),
                 catalog: catalog.clone(),
                 control: control.clone(),
@@ -111,6 +123,27 @@ impl Engine {
 
     pub fn status(&self, destination: &str) -> Option<DestinationStatus> {
         self.controls.get(destination).map(|c| c.snapshot())
+    }
+
+    /// Takes new settings for known destinations (a rotated token, a fixed
+    /// permission) and resumes them. Returns the names taken; limits and new
+    /// destinations take effect at the next start.
+    pub fn reload(&self, destinations: Vec<Arc<dyn Destination>>) -> Vec<String> {
+        let mut taken = Vec::new();
+        for d in destinations {
+            let name = d.name().to_owned();
+            match self.controls.get(&name) {
+                Some(control) => {
+                    *control.destination.write().expect("destination lock") = d;
+                    self.resume(&name);
+                    taken.push(name);
+                }
+                None => {
+                    tracing::warn!(destination = %name, "a new destination starts with the next restart")
+                }
+            }
+        }
+        taken
     }
 
     /// Resumes a paused destination; false when there is no such one.

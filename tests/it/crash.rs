@@ -171,3 +171,63 @@ async fn sigterm_stops_taking_webhooks_finishes_requests_in_flight_and_exits() {
         .await
     );
 }
+
+#[tokio::test]
+async fn sighup_with_a_fixed_token_resumes_a_paused_destination() {
+    let fake = FakeMeta::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(&dir, &fake, "");
+    let good = std::fs::read_to_string(&config_path).unwrap();
+    // Start with an expired token: Meta answers code 190, koala pauses.
+    std::fs::write(
+        &config_path,
+        good.replace(FAKE_META_TOKEN, "expired-token-0123"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut koala = spawn_koala(&config_path, port).await;
+    assert!(
+        post(
+            &koala.base,
+            &segment_body(CART_SEGMENT, "u1", "entered", 1_750_000_000)
+        )
+        .await
+    );
+    let http = reqwest::Client::new();
+    let paused = || async {
+        let v: serde_json::Value = http
+            .get(format!("{}/v1/destinations", koala.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["destinations"][0]["status"]["paused"] == true
+    };
+    until(
+        "paused on the expired token",
+        Duration::from_secs(30),
+        paused,
+    )
+    .await;
+    assert!(fake.members(AUD).is_empty());
+
+    // The operator fixes the token in the file and sends SIGHUP.
+    std::fs::write(&config_path, &good).unwrap();
+    let pid = koala.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    until(
+        "u1 delivered with the new token",
+        Duration::from_secs(30),
+        || async { fake.members(AUD).contains("u1") },
+    )
+    .await;
+    koala.child.kill().unwrap();
+    koala.child.wait().unwrap();
+}
