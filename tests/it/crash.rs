@@ -231,3 +231,49 @@ async fn sighup_with_a_fixed_token_resumes_a_paused_destination() {
     koala.child.kill().unwrap();
     koala.child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn emails_and_phones_never_reach_the_logs_even_at_debug_level() {
+    let fake = FakeMeta::start().await;
+    fake.push_response(ScriptedResponse::invalid_parameter());
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(&dir, &fake, "");
+    let port = free_port();
+    let log = dir.path().join("koala.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("KOALA_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("KOALA_LOG", "debug")
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(std::fs::File::create(dir.path().join("koala.err")).unwrap()))
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut koala = Koala { child, base: base.clone() };
+    until("koala is up", Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/healthz")).await.is_ok()
+    })
+    .await;
+    let body = serde_json::json!({"segment_id": CART_SEGMENT, "action": "entered", "occurred_at": 1_750_000_000,
+        "identifiers": {"id": "u1", "email": "Secret.Person@Example.com", "phone": "+14155550199"},
+        "attributes": {"first_name": "Zebulon"}});
+    assert!(post(&base, &body).await);
+    // A dead letter and a lookup by email exercise the error and admin paths.
+    until("dead letter", Duration::from_secs(30), || async { fake.request_count() >= 1 }).await;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/v1/people/secret.person@example.com"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    koala.child.kill().unwrap();
+    koala.child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(dir.path().join("koala.err")).unwrap();
+    assert!(text.contains("DEBUG") || text.contains("INFO"), "the log was written: {text}");
+    for secret in ["secret.person", "Secret.Person", "4155550199", "Zebulon"] {
+        assert!(!text.contains(secret), "{secret} reached the log:\n{text}");
+    }
+}
