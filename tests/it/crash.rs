@@ -246,11 +246,16 @@ async fn emails_and_phones_never_reach_the_logs_even_at_debug_level() {
         .env("KOALA_SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("KOALA_LOG", "debug")
         .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(dir.path().join("koala.err")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("koala.err")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let mut koala = Koala { child, base: base.clone() };
+    let mut koala = Koala {
+        child,
+        base: base.clone(),
+    };
     until("koala is up", Duration::from_secs(30), || async {
         reqwest::get(format!("{base}/healthz")).await.is_ok()
     })
@@ -260,7 +265,10 @@ async fn emails_and_phones_never_reach_the_logs_even_at_debug_level() {
         "attributes": {"first_name": "Zebulon"}});
     assert!(post(&base, &body).await);
     // A dead letter and a lookup by email exercise the error and admin paths.
-    until("dead letter", Duration::from_secs(30), || async { fake.request_count() >= 1 }).await;
+    until("dead letter", Duration::from_secs(30), || async {
+        fake.request_count() >= 1
+    })
+    .await;
     let r = reqwest::Client::new()
         .get(format!("{base}/v1/people/secret.person@example.com"))
         .bearer_auth(ADMIN_TOKEN)
@@ -271,8 +279,12 @@ async fn emails_and_phones_never_reach_the_logs_even_at_debug_level() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     koala.child.kill().unwrap();
     koala.child.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap() + &std::fs::read_to_string(dir.path().join("koala.err")).unwrap();
-    assert!(text.contains("DEBUG") || text.contains("INFO"), "the log was written: {text}");
+    let text = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(dir.path().join("koala.err")).unwrap();
+    assert!(
+        text.contains("DEBUG") || text.contains("INFO"),
+        "the log was written: {text}"
+    );
     for secret in ["secret.person", "Secret.Person", "4155550199", "Zebulon"] {
         assert!(!text.contains(secret), "{secret} reached the log:\n{text}");
     }

@@ -490,3 +490,60 @@ async fn concurrent_deliveries_of_one_person_commit_as_if_one_by_one() {
     assert_eq!(app.members(CART).await, 2);
     app.stop().await;
 }
+
+/// The Liquid body in the README, rendered the way Customer.io would (each
+/// `{{ … }}` replaced by the person's value, filters applied), is accepted.
+#[tokio::test]
+async fn the_readme_liquid_template_renders_to_an_accepted_body() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```liquid")
+        .expect("README has the Liquid body")
+        + "```liquid".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let template = &readme[start..end];
+    let now = chrono::Utc::now().timestamp().to_string();
+    let mut body = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        body.push_str(&rest[..open]);
+        let close = open + rest[open..].find("}}").unwrap();
+        let expr = rest[open + 2..close].trim();
+        let value = match expr.split('|').next().unwrap().trim() {
+            "\"now\"" => now.clone(),
+            "campaign.id" => "7".into(),
+            "customer.id" => "u-readme".into(),
+            "customer.cio_id" => String::new(),
+            "customer.email" => "Ann.Reader@Example.com".into(),
+            "customer.phone" => "+14155550123".into(),
+            // The template's `replace` filters drop quotes and backslashes.
+            "customer.first_name" => r#"Ann "The Reader""#.replace(['"', '\\'], ""),
+            "customer.last_name" => String::new(),
+            other => panic!("the test does not know {other}"),
+        };
+        body.push_str(&value);
+        rest = &rest[close + 2..];
+    }
+    body.push_str(rest);
+    let body = body.replace(
+        "\"segment_id\": 42",
+        &format!("\"segment_id\": {CART_SEGMENT}"),
+    );
+    let app = TestApp::start().await;
+    let r = app
+        .post_signed(
+            "/webhooks/customerio/segments",
+            WEBHOOK_KEY,
+            body.as_bytes(),
+        )
+        .await;
+    let status = r.status();
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{answer}\n{body}");
+    assert_eq!(answer["status"], "accepted");
+    let (_, person) = app.admin_get("/v1/people/u-readme").await;
+    assert_eq!(person["identifiers"]["email"], "a***@example.com");
+    assert_eq!(person["identifiers"]["phone"], "+*******0123");
+    app.stop().await;
+}
