@@ -98,8 +98,16 @@ impl Dispatcher {
                     let this = this.clone();
                     tokio::spawn(async move { this.deliver(batch, permit).await });
                 }
-                // Another claim took the rows between the check and now.
-                Ok(None) => drop(permit),
+                // The rows went between the check and the claim: look again
+                // shortly rather than spin.
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = this.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = this.cancel.cancelled() => break,
+                    }
+                }
                 Err(e) => {
                     drop(permit);
                     tracing::error!(destination = %name, error = %e, "claiming work failed");
