@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/v1/audiences"),
     ("GET", "/v1/audiences/{name}"),
+    ("GET", "/v1/audiences/{name}/changes"),
     ("POST", "/v1/audiences/{name}/resync"),
     ("GET", "/v1/resyncs/{id}"),
     ("GET", "/v1/people/{id}"),
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/audiences", get(admin::list_audiences))
         .route("/v1/audiences/{name}", get(admin::get_audience))
+        .route("/v1/audiences/{name}/changes", get(admin::audience_changes))
         .route("/v1/audiences/{name}/resync", post(admin::start_resync))
         .route("/v1/resyncs/{id}", get(admin::get_resync))
         .route("/v1/people/{id}", get(admin::get_person))

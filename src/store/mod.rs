@@ -101,6 +101,19 @@ pub struct AudienceStats {
     pub last_change_at: Option<i64>,
 }
 
+/// Membership changes of one audience in one time bucket, from one source.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeBucket {
+    /// Start of the bucket (Customer.io's event time), ms.
+    pub start: i64,
+    /// segment_webhook | resync
+    pub source: String,
+    pub entered: i64,
+    pub exited: i64,
+    /// Events that arrived older than what koala held: history only.
+    pub stale: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct MembershipView {
     pub audience: String,
@@ -311,6 +324,15 @@ pub trait Store: Send + Sync + 'static {
     async fn member_counts(&self) -> Result<Vec<(String, i64)>>;
 
     async fn audience_stats(&self, audience_id: i64) -> Result<Option<AudienceStats>>;
+
+    /// Applied entries and exits (and stale events) of an audience since
+    /// `since_ms`, counted per `bucket_ms` of event time and per source.
+    async fn audience_changes(
+        &self,
+        audience_id: i64,
+        since_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<ChangeBucket>>;
 
     /// Finds a person by Customer.io id, then cio_id (with or without the
     /// `cio_` prefix), then email.

@@ -247,6 +247,36 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn audience_changes(
+        &self,
+        audience_id: i64,
+        since_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<Vec<ChangeBucket>> {
+        Ok(sqlx::query(
+            "SELECT (occurred_at / $3) * $3 AS bucket, source,
+                    SUM(CASE WHEN kind = 'entered' AND outcome = 'applied' THEN 1 ELSE 0 END),
+                    SUM(CASE WHEN kind = 'exited' AND outcome = 'applied' THEN 1 ELSE 0 END),
+                    SUM(CASE WHEN outcome = 'stale' THEN 1 ELSE 0 END)
+             FROM events WHERE audience_id = $1 AND occurred_at >= $2
+             GROUP BY bucket, source ORDER BY bucket, source",
+        )
+        .bind(audience_id)
+        .bind(since_ms)
+        .bind(bucket_ms.max(1))
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|r| ChangeBucket {
+            start: r.get(0),
+            source: r.get(1),
+            entered: r.get(2),
+            exited: r.get(3),
+            stale: r.get(4),
+        })
+        .collect())
+    }
+
     async fn find_person(&self, key: &str, history_limit: i64) -> Result<Option<PersonView>> {
         let bare_cio = key.strip_prefix("cio_").unwrap_or(key);
         let email = key.trim().to_lowercase();

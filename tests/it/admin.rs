@@ -104,3 +104,50 @@ async fn a_person_shows_masked_identifiers_memberships_and_history() {
     assert_eq!(app.admin_get("/v1/people/nobody").await.0, 404);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn audience_changes_explain_a_drop_by_time_and_source() {
+    let app = TestApp::start().await;
+    let now = chrono::Utc::now().timestamp();
+    let hour_ago = now - 3600;
+    for i in 0..10 {
+        app.segment_event(CART_SEGMENT, &format!("p{i}"), "entered", hour_ago)
+            .await;
+    }
+    for i in 0..4 {
+        app.segment_event(CART_SEGMENT, &format!("p{i}"), "exited", now)
+            .await;
+    }
+    // A late, older exit is history only.
+    app.segment_event(CART_SEGMENT, "p9", "exited", hour_ago - 10)
+        .await;
+    let (status, c) = app
+        .admin_get(&format!("/v1/audiences/{CART}/changes?since=3h&bucket=1h"))
+        .await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["totals"]["entered"], 10);
+    assert_eq!(c["totals"]["exited"], 4);
+    assert_eq!(c["totals"]["net"], 6);
+    assert_eq!(c["totals"]["stale"], 1);
+    assert_eq!(c["bucket_seconds"], 3600);
+    let buckets = c["buckets"].as_array().unwrap();
+    assert!(buckets.iter().all(|b| b["source"] == "segment_webhook"));
+    assert!(
+        buckets.len() >= 2,
+        "entries and exits fall in different hours: {c}"
+    );
+
+    let (status, e) = app
+        .admin_get(&format!("/v1/audiences/{CART}/changes?bucket=soon"))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("bucket:"),
+        "{e}"
+    );
+    assert_eq!(app.admin_get("/v1/audiences/nope/changes").await.0, 404);
+    app.stop().await;
+}
