@@ -58,12 +58,6 @@ impl RunningApp {
         }
     }
 
-    /// Hard stop for tests that simulate a crash: abort everything at once.
-    pub fn abort(self) {
-        self.server.abort();
-        self.stop.cancel();
-    }
-
     /// Waits until the server ends (after `stop` is triggered elsewhere).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.server.await??;

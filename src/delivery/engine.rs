@@ -115,12 +115,6 @@ impl Engine {
         })
     }
 
-    pub fn destinations(&self) -> Vec<String> {
-        let mut names: Vec<_> = self.controls.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     pub fn status(&self, destination: &str) -> Option<DestinationStatus> {
         self.controls.get(destination).map(|c| c.snapshot())
     }

@@ -152,10 +152,6 @@ impl JobState {
             error: None,
         }
     }
-
-    pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::Done | Phase::Failed)
-    }
 }
 
 pub(super) struct Run {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use job::{JobState, Phase, ReplaceProgress, ReplaceTarget, Trigger};
 
-use crate::audiences::{AudienceDef, Catalog};
+use crate::audiences::Catalog;
 use crate::customerio::app_api::{AppApiClient, MAX_MEMBERSHIP_LIMIT};
 use crate::delivery::Wakers;
 use crate::store::{SnapshotDiff, Store};
@@ -243,10 +243,6 @@ impl Resyncs {
                 }
             });
         }
-    }
-
-    pub fn audience(&self, name: &str) -> Option<&Arc<AudienceDef>> {
-        self.catalog.by_name(name)
     }
 }
 
