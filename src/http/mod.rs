@@ -3,6 +3,7 @@
 //! in agreement.
 
 mod admin;
+mod connection;
 mod error;
 mod webhooks;
 
@@ -101,6 +102,9 @@ pub fn router(state: AppState) -> Router {
                 tracing::debug_span!("request", method = %request.method(), route)
             }),
         )
+        .layer(middleware::from_fn(
+            connection::announce_close_when_body_unread,
+        ))
 }
 
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {

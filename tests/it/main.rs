@@ -9,6 +9,7 @@ mod config_and_cli;
 mod crash;
 mod delivery;
 mod ingest;
+mod keep_alive;
 mod meta_fake_contract;
 mod openapi;
 mod resync;
