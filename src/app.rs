@@ -178,6 +178,7 @@ pub async fn start_with(
         stop.clone(),
     );
     let state = AppState {
+        phone_rules: config.identity.phone_rules(),
         config: Arc::new(config),
         catalog,
         store,

@@ -20,6 +20,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub customerio: CustomerIoConfig,
     #[serde(default)]
+    pub identity: IdentityConfig,
+    #[serde(default)]
     pub audiences: Vec<AudienceConfig>,
     #[serde(default)]
     pub destinations: Vec<DestinationConfig>,
@@ -52,6 +54,42 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: default_store_url(),
+        }
+    }
+}
+
+/// How identifiers are read.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// ISO 3166 alpha-2 code (`US`, `GB`, …) of the country a phone number
+    /// without its country code belongs to. Unset: such numbers are kept
+    /// as unusable and the person is synced by their other identifiers.
+    #[serde(default)]
+    pub default_phone_country: Option<String>,
+}
+
+impl IdentityConfig {
+    fn country(&self) -> Result<Option<phonenumber::country::Id>, String> {
+        match self.default_phone_country.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some(code) => code
+                .to_ascii_uppercase()
+                .parse::<phonenumber::country::Id>()
+                .map(Some)
+                .map_err(|_| {
+                    format!(
+                        "identity.default_phone_country: {code:?} is not an ISO 3166 alpha-2 country code (like \"US\" or \"GB\")"
+                    )
+                }),
+        }
+    }
+
+    /// The phone rules this config asks for (a bad code was refused by
+    /// [`Config::problems`]).
+    pub fn phone_rules(&self) -> crate::identity::PhoneRules {
+        crate::identity::PhoneRules {
+            default_country: self.country().ok().flatten(),
         }
     }
 }
@@ -322,6 +360,9 @@ impl Config {
                 self.store_url_redacted()
             ));
         }
+        if let Err(problem) = self.identity.country() {
+            p.push(problem);
+        }
         let cio = &self.customerio;
         if cio.webhook_signing_keys.is_empty() {
             p.push("customerio.webhook_signing_keys: at least one key is needed to accept segment webhooks".into());
@@ -480,6 +521,30 @@ mod tests {
         assert_eq!(c.server.body_limit_bytes, 1 << 20);
         assert_eq!(c.customerio.region, Region::Us);
         assert_eq!(c.audiences[0].mode, AudienceMode::Mirror);
+        assert_eq!(c.identity.phone_rules().default_country, None);
+    }
+
+    #[test]
+    fn the_default_phone_country_is_an_iso_code() {
+        let c = Config::from_toml(&MINIMAL.replace(
+            "[[audiences]]",
+            "[identity]\ndefault_phone_country = \"gb\"\n[[audiences]]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.identity.phone_rules().default_country,
+            Some(phonenumber::country::Id::GB)
+        );
+        let e = Config::from_toml(&MINIMAL.replace(
+            "[[audiences]]",
+            "[identity]\ndefault_phone_country = \"USA\"\n[[audiences]]",
+        ))
+        .unwrap_err();
+        assert!(
+            e.0.iter()
+                .any(|p| p.starts_with("identity.default_phone_country")),
+            "{e}"
+        );
     }
 
     #[test]

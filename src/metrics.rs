@@ -132,4 +132,37 @@ fn describe() {
         "koala_destination_invalid_entries_total",
         "Rows the destination reported invalid"
     );
+    describe_counter!(
+        "koala_webhook_refusals_total",
+        "Webhooks refused (4xx), by endpoint and reason"
+    );
+    describe_counter!(
+        "koala_identifier_unusable_total",
+        "Emails and phones given in webhooks that cannot be used, by identifier and reason"
+    );
+    describe_gauge!(
+        "koala_audience_identifier_coverage",
+        "Members per audience with an email, a phone, neither, or only an unusable one"
+    );
+    describe_counter!(
+        "koala_resync_runs_total",
+        "Resync jobs finished, by audience, trigger and outcome"
+    );
+    describe_counter!(
+        "koala_resync_changes_total",
+        "Membership changes applied by resyncs, by audience and direction"
+    );
+    describe_gauge!("koala_resync_running", "1 while a resync of the audience runs");
+    describe_gauge!(
+        "koala_resync_phase",
+        "1 for the phase the audience's running resync is in"
+    );
+    describe_gauge!(
+        "koala_resync_members_seen",
+        "Members the running resync has read so far"
+    );
+    describe_gauge!(
+        "koala_resync_pages_fetched",
+        "Membership pages the running resync has read so far"
+    );
 }

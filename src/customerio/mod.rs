@@ -2,9 +2,12 @@
 //! payloads koala accepts, and (for resync) the App API client.
 
 pub mod app_api;
+pub mod refusal;
 pub mod reporting;
 pub mod segment;
 pub mod signature;
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::de::{self, Deserializer};
@@ -31,10 +34,12 @@ pub fn deserialize_event_time<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D:
             } else {
                 DateTime::parse_from_rfc3339(s)
                     .map(|t| Some(t.with_timezone(&Utc).timestamp_millis()))
+                    // The value is not repeated: a template mistake can put
+                    // personal data here.
                     .map_err(|_| {
-                        de::Error::custom(format!(
-                            "{s:?} is not a time (unix seconds, milliseconds or RFC 3339)"
-                        ))
+                        de::Error::custom(
+                            "not a time (expected unix seconds, milliseconds or RFC 3339)",
+                        )
                     })?
             }
         }
@@ -47,6 +52,40 @@ fn unix_to_ms(n: f64) -> Option<i64> {
     let ms = if n.abs() < 1e11 { n * 1000.0 } else { n };
     // Anything before 2001-09-09 is a template mistake, not an event.
     (1e12..1e14).contains(&ms).then_some(ms as i64)
+}
+
+/// Escapes raw control characters (tab, newline, …) inside JSON strings.
+/// Liquid renders an attribute's tab or newline as it is, which strict
+/// JSON refuses; the meaning is unambiguous, so koala accepts it rather
+/// than hold back Customer.io's queue. The signature is checked over the
+/// raw bytes before this.
+pub fn escape_control_characters(body: &[u8]) -> Cow<'_, [u8]> {
+    let (mut in_string, mut escaped) = (false, false);
+    let mut out: Option<Vec<u8>> = None;
+    for (i, &b) in body.iter().enumerate() {
+        let raw_control = in_string && b < 0x20;
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        }
+        if raw_control {
+            let out = out.get_or_insert_with(|| body[..i].to_vec());
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else if let Some(out) = &mut out {
+            out.push(b);
+        }
+    }
+    match out {
+        Some(v) => Cow::Owned(v),
+        None => Cow::Borrowed(body),
+    }
 }
 
 /// True when the body still holds Liquid markup: Customer.io's test send

@@ -5,8 +5,9 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::segment::{PayloadError, RawIdentifiers};
-use crate::identity::{IdentifierError, Identifiers};
+use super::refusal::{self, PayloadError, RefusalReason};
+use super::segment::RawIdentifiers;
+use crate::identity::{Identifiers, PhoneRules};
 
 #[derive(Debug, Deserialize)]
 struct RawReportingWebhook {
@@ -67,17 +68,25 @@ const DETAIL_FIELDS: &[&str] = &[
     "trigger_event_id",
 ];
 
-pub fn parse(body: &[u8]) -> Result<ReportingEvent, PayloadError> {
-    let raw: RawReportingWebhook = serde_json::from_slice(body)
-        .map_err(|e| PayloadError::Malformed(format!("invalid reporting webhook body: {e}")))?;
+pub fn parse(body: &[u8], rules: &PhoneRules) -> Result<ReportingEvent, PayloadError> {
+    let body = super::escape_control_characters(body);
+    let raw: RawReportingWebhook = refusal::from_json("reporting webhook", &body)?;
     if raw.event_id.trim().is_empty() {
-        return Err(PayloadError::Unprocessable(
-            "event_id: must not be empty".into(),
+        return Err(PayloadError::new(
+            RefusalReason::BadValue,
+            "event_id",
+            "must not be empty",
         ));
     }
     let mut ids: RawIdentifiers = match raw.data.get("identifiers") {
-        Some(v) => serde_json::from_value(v.clone())
-            .map_err(|e| PayloadError::Malformed(format!("data.identifiers: {e}")))?,
+        Some(v) => serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+            let path = format!("data.identifiers.{}", e.path());
+            PayloadError::new(
+                RefusalReason::WrongShape,
+                path,
+                "expected strings, numbers or null",
+            )
+        })?,
         None => RawIdentifiers::default(),
     };
     // `customer_id` and `email_address` are the deprecated, older fields.
@@ -95,15 +104,7 @@ pub fn parse(body: &[u8]) -> Result<ReportingEvent, PayloadError> {
             .and_then(Value::as_str)
             .map(str::to_owned);
     }
-    let identifiers = ids.validate().map_err(|e| match e {
-        IdentifierError::Missing => PayloadError::Unprocessable(
-            "data.identifiers: no identifier; expected at least one of id, cio_id, email, phone"
-                .into(),
-        ),
-        IdentifierError::Invalid { field, reason } => {
-            PayloadError::Unprocessable(format!("data.identifiers.{field}: {reason}"))
-        }
-    })?;
+    let identifiers = ids.validate(rules, "data.identifiers")?;
     let detail = raw
         .data
         .iter()
@@ -129,7 +130,7 @@ mod tests {
         let body = br#"{"metric":"subscribed","event_id":"01E4C4CT6YDC7Y5M7FE1GWWPQJ","object_type":"customer","timestamp":1613063089,
  "data":{"customer_id":"0200000001","email_address":"test@example.com",
          "identifiers":{"id":"42","email":"test@example.com","cio_id":"d9c106000001"}}}"#;
-        let e = parse(body).unwrap();
+        let e = parse(body, &PhoneRules::default()).unwrap();
         assert_eq!(e.identifiers.id.as_deref(), Some("42"));
         assert_eq!(
             e.subscription_change(),
@@ -142,7 +143,7 @@ mod tests {
     fn unknown_metrics_are_accepted_and_personal_fields_are_not_kept() {
         let body = br#"{"metric":"teleported","event_id":"e1","object_type":"hologram","timestamp":1613063089,
  "data":{"delivery_id":"d1","recipient":"test@example.com","identifiers":{"id":"42"}}}"#;
-        let e = parse(body).unwrap();
+        let e = parse(body, &PhoneRules::default()).unwrap();
         assert_eq!(e.kind(), "hologram.teleported");
         assert!(e.detail.contains_key("delivery_id"));
         assert!(!e.detail.contains_key("recipient"));
@@ -151,6 +152,8 @@ mod tests {
     #[test]
     fn an_event_without_identifiers_is_unprocessable() {
         let body = br#"{"metric":"sent","event_id":"e1","object_type":"email","timestamp":1613063089,"data":{"identifiers":{"id":null,"email":null}}}"#;
-        assert!(matches!(parse(body), Err(PayloadError::Unprocessable(_))));
+        let e = parse(body, &PhoneRules::default()).unwrap_err();
+        assert_eq!(e.reason, RefusalReason::NoIdentifier);
+        assert_eq!(e.field.as_deref(), Some("data.identifiers"));
     }
 }

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::identity::{IdentifierError, Identifiers};
+use super::refusal::{self, PayloadError, RefusalReason};
+use crate::identity::{IdentifierError, Identifiers, PhoneRules};
 
 /// Entered or exited a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -62,13 +63,27 @@ pub(crate) struct RawIdentifiers {
 }
 
 impl RawIdentifiers {
-    pub(crate) fn validate(&self) -> Result<Identifiers, IdentifierError> {
-        Identifiers::new(
+    /// Validated identifiers; an unusable email or phone is recorded, not
+    /// refused. `field` is where the identifiers sit in the body.
+    pub(crate) fn validate(
+        &self,
+        rules: &PhoneRules,
+        field: &str,
+    ) -> Result<Identifiers, PayloadError> {
+        Identifiers::parse(
             self.id.as_deref(),
             self.cio_id.as_deref(),
             self.email.as_deref(),
             self.phone.as_deref(),
+            rules,
         )
+        .map_err(|IdentifierError::Missing| {
+            PayloadError::new(
+                RefusalReason::NoIdentifier,
+                field,
+                "no usable identifier; give at least one of id, cio_id, email, phone",
+            )
+        })
     }
 }
 
@@ -78,10 +93,9 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
         Some(Value::Number(n)) => Some(n.to_string()),
-        Some(other) => {
-            return Err(serde::de::Error::custom(format!(
-                "expected a string or number, found {other}"
-            )))
+        Some(_) => {
+            // The value itself is not repeated: it may be personal data.
+            return Err(serde::de::Error::custom("expected a string or number"));
         }
     })
 }
@@ -111,46 +125,20 @@ impl SegmentEvent {
     }
 }
 
-/// Why a body was refused, and which status that deserves.
-#[derive(Debug, thiserror::Error)]
-pub enum PayloadError {
-    /// Not JSON, or JSON of the wrong shape: 400.
-    #[error("{0}")]
-    Malformed(String),
-    /// Well-formed but unusable: 422.
-    #[error("{0}")]
-    Unprocessable(String),
-}
-
-impl From<IdentifierError> for PayloadError {
-    fn from(e: IdentifierError) -> Self {
-        match e {
-            IdentifierError::Missing => PayloadError::Unprocessable(
-                "identifiers: no identifier; give at least one of id, cio_id, email, phone".into(),
-            ),
-            IdentifierError::Invalid { field, reason } => {
-                PayloadError::Unprocessable(format!("identifiers.{field}: {reason}"))
-            }
-        }
-    }
-}
-
-pub fn parse(body: &[u8]) -> Result<SegmentEvent, PayloadError> {
-    let raw: RawSegmentWebhook = serde_json::from_slice(body)
-        .map_err(|e| PayloadError::Malformed(format!("invalid segment webhook body: {e}")))?;
+pub fn parse(body: &[u8], rules: &PhoneRules) -> Result<SegmentEvent, PayloadError> {
+    let body = super::escape_control_characters(body);
+    let raw: RawSegmentWebhook = refusal::from_json("segment webhook", &body)?;
+    let bad_id = || PayloadError::new(RefusalReason::BadValue, "segment_id", "not a segment id");
     let segment_id = match raw.segment_id {
-        SegmentId::Number(n) => i64::try_from(n)
-            .map_err(|_| PayloadError::Unprocessable("segment_id: out of range".into()))?,
+        SegmentId::Number(n) => i64::try_from(n).map_err(|_| bad_id())?,
         SegmentId::Text(s) => s
             .trim()
             .parse::<i64>()
             .ok()
             .filter(|n| *n >= 0)
-            .ok_or_else(|| {
-                PayloadError::Unprocessable(format!("segment_id: {s:?} is not a segment id"))
-            })?,
+            .ok_or_else(bad_id)?,
     };
-    let identifiers = raw.identifiers.validate()?;
+    let identifiers = raw.identifiers.validate(rules, "identifiers")?;
     let attributes = raw
         .attributes
         .into_iter()
@@ -181,7 +169,7 @@ mod tests {
         let body = br#"{"segment_id":42,"action":"entered","occurred_at":1700000000,
             "identifiers":{"id":"u1","cio_id":"","email":"A@Example.com","phone":""},
             "attributes":{"first_name":"Ann","plan":""},"campaign_id":7}"#;
-        let e = parse(body).unwrap();
+        let e = parse(body, &PhoneRules::default()).unwrap();
         assert_eq!(e.segment_id, 42);
         assert_eq!(e.action, SegmentAction::Entered);
         assert_eq!(e.occurred_at_ms, 1_700_000_000_000);
@@ -197,28 +185,46 @@ mod tests {
 
     #[test]
     fn quoted_segment_ids_and_numeric_customer_ids_are_accepted() {
-        let e = parse(br#"{"segment_id":"42","action":"exited","occurred_at":"1700000000","identifiers":{"id":123}}"#).unwrap();
+        let e = parse(br#"{"segment_id":"42","action":"exited","occurred_at":"1700000000","identifiers":{"id":123}}"#, &PhoneRules::default()).unwrap();
         assert_eq!(e.segment_id, 42);
         assert_eq!(e.identifiers.id.as_deref(), Some("123"));
     }
 
     #[test]
     fn malformed_and_unusable_bodies_are_told_apart() {
-        assert!(matches!(
-            parse(b"not json"),
-            Err(PayloadError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse(br#"{"segment_id":42,"action":"joined","occurred_at":1700000000,"identifiers":{"id":"1"}}"#),
-            Err(PayloadError::Malformed(m)) if m.contains("joined")
-        ));
-        assert!(matches!(
-            parse(br#"{"segment_id":42,"action":"entered","occurred_at":1700000000,"identifiers":{"id":""}}"#),
-            Err(PayloadError::Unprocessable(m)) if m.contains("no identifier")
-        ));
-        assert!(matches!(
-            parse(br#"{"segment_id":42,"action":"entered","occurred_at":1700000000,"identifiers":{"email":"nope"}}"#),
-            Err(PayloadError::Unprocessable(m)) if m.contains("identifiers.email")
-        ));
+        let p = |b: &[u8]| parse(b, &PhoneRules::default());
+        let e = p(b"not json").unwrap_err();
+        assert_eq!(e.reason, RefusalReason::MalformedJson);
+        let e = p(br#"{"segment_id":42,"action":"joined","occurred_at":1700000000,"identifiers":{"id":"1"}}"#).unwrap_err();
+        assert_eq!(e.reason, RefusalReason::WrongShape);
+        assert_eq!(e.field.as_deref(), Some("action"));
+        assert!(e.message.contains("entered"), "{}", e.message);
+        let e = p(br#"{"segment_id":42,"action":"entered","occurred_at":1700000000,"identifiers":{"id":""}}"#).unwrap_err();
+        assert_eq!(e.reason, RefusalReason::NoIdentifier);
+        assert!(e.message.contains("no usable identifier"), "{}", e.message);
+        let e = p(br#"{"segment_id":"x","action":"entered","occurred_at":1700000000,"identifiers":{"id":"1"}}"#).unwrap_err();
+        assert_eq!(e.reason, RefusalReason::BadValue);
+        assert_eq!(e.field.as_deref(), Some("segment_id"));
+    }
+
+    #[test]
+    fn an_unusable_email_or_phone_does_not_refuse_the_person() {
+        let e = parse(br#"{"segment_id":42,"action":"entered","occurred_at":1700000000,"identifiers":{"id":"1","email":"nope","phone":"5551234567"}}"#, &PhoneRules::default()).unwrap();
+        assert_eq!(e.identifiers.id.as_deref(), Some("1"));
+        assert_eq!(e.identifiers.unusable.len(), 2);
+    }
+
+    #[test]
+    fn raw_control_characters_inside_strings_are_tolerated() {
+        // Liquid renders a name's tab or newline as it is; JSON wants it escaped.
+        let e = parse(b"{\"segment_id\":42,\"action\":\"entered\",\"occurred_at\":1700000000,\"identifiers\":{\"id\":\"1\"},\"attributes\":{\"first_name\":\"Ann\tMarie\nX\"}}", &PhoneRules::default()).unwrap();
+        assert_eq!(e.attributes["first_name"], "Ann\tMarie\nX");
+    }
+
+    #[test]
+    fn a_bad_time_names_the_field_without_its_value() {
+        let e = parse(br#"{"segment_id":42,"action":"entered","occurred_at":"ann@example.com","identifiers":{"id":"1"}}"#, &PhoneRules::default()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("occurred_at"));
+        assert!(!e.message.contains("ann@"), "{}", e.message);
     }
 }

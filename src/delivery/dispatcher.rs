@@ -129,7 +129,11 @@ impl Dispatcher {
     }
 
     async fn deliver(&self, batch: WorkBatch, _permit: OwnedSemaphorePermit) {
-        if let Err(e) = self.try_deliver(&batch).await {
+        let rows = batch.items.len() as i64;
+        self.control.add_in_flight(batch.audience_id, rows);
+        let result = self.try_deliver(&batch).await;
+        self.control.add_in_flight(batch.audience_id, -rows);
+        if let Err(e) = result {
             // The store failed: the lease expires (or is released at the
             // next start) and the rows are sent again.
             tracing::error!(destination = %batch.destination, error = %e, "recording a delivery result failed");

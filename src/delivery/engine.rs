@@ -27,6 +27,8 @@ pub struct DestinationStatus {
 pub(crate) struct Control {
     pub status: Mutex<DestinationStatus>,
     pub resumed: tokio::sync::Notify,
+    /// Rows in requests this process has in flight, per koala audience id.
+    in_flight: Mutex<HashMap<i64, i64>>,
     /// Swapped by a config reload (a rotated token, say).
     destination: RwLock<Arc<dyn Destination>>,
 }
@@ -36,6 +38,7 @@ impl Control {
         Control {
             status: Mutex::new(DestinationStatus::default()),
             resumed: tokio::sync::Notify::new(),
+            in_flight: Mutex::new(HashMap::new()),
             destination: RwLock::new(destination),
         }
     }
@@ -46,6 +49,16 @@ impl Control {
 
     pub fn destination(&self) -> Arc<dyn Destination> {
         self.destination.read().expect("destination lock").clone()
+    }
+
+    /// `rows` more (or, negative, fewer) rows of `audience_id` in flight.
+    pub fn add_in_flight(&self, audience_id: i64, rows: i64) {
+        let mut m = self.in_flight.lock().expect("in-flight lock");
+        let n = m.entry(audience_id).or_default();
+        *n += rows;
+        if *n <= 0 {
+            m.remove(&audience_id);
+        }
     }
 }
 
@@ -101,11 +114,6 @@ impl Engine {
             tasks.spawn(dispatcher.run());
             controls.insert(name, control);
         }
-        tasks.spawn(gauge_loop(
-            store,
-            controls.keys().cloned().collect(),
-            cancel.clone(),
-        ));
         Ok(Engine {
             controls,
             wakers,
@@ -117,6 +125,18 @@ impl Engine {
 
     pub fn status(&self, destination: &str) -> Option<DestinationStatus> {
         self.controls.get(destination).map(|c| c.snapshot())
+    }
+
+    /// Rows of an audience in requests to `destination` right now.
+    pub fn in_flight(&self, destination: &str, audience_id: i64) -> i64 {
+        self.controls.get(destination).map_or(0, |c| {
+            c.in_flight
+                .lock()
+                .expect("in-flight lock")
+                .get(&audience_id)
+                .copied()
+                .unwrap_or(0)
+        })
     }
 
     /// Takes new settings for known destinations (a rotated token, a fixed
@@ -176,34 +196,6 @@ impl Engine {
             if drained.is_err() {
                 tracing::warn!("delivery did not finish within the shutdown grace period");
                 tasks.abort_all();
-            }
-        }
-    }
-}
-
-/// Keeps the pending and audience-size gauges fresh.
-async fn gauge_loop(store: Arc<dyn Store>, destinations: Vec<String>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = crate::store::now_ms();
-        for d in &destinations {
-            if let Ok(s) = store.pending_summary(d).await {
-                metrics::gauge!("koala_destination_pending", "destination" => d.clone())
-                    .set(s.pending as f64);
-                let age = s
-                    .oldest_received_at
-                    .map(|t| (now - t).max(0) as f64 / 1000.0)
-                    .unwrap_or(0.0);
-                metrics::gauge!("koala_destination_oldest_pending_seconds", "destination" => d.clone()).set(age);
-            }
-        }
-        if let Ok(counts) = store.member_counts().await {
-            for (audience, n) in counts {
-                metrics::gauge!("koala_audience_members", "audience" => audience).set(n as f64);
             }
         }
     }

@@ -42,10 +42,7 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
         })?;
     let mut destinations = Vec::new();
     for d in &a.destinations {
-        let s = state
-            .store
-            .destination_audience_stats(d, a.id, crate::store::now_ms())
-            .await?;
+        let s = state.store.destination_audience_stats(d, a.id).await?;
         let status = state.engine.status(d).unwrap_or_default();
         let platform_id = state
             .store
@@ -63,7 +60,7 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             "platform_audience_id": platform_id,
             "pending_adds": s.pending_adds,
             "pending_removes": s.pending_removes,
-            "in_flight": s.in_flight,
+            "in_flight": state.engine.in_flight(d, a.id),
             "acknowledged_members": s.acknowledged_members,
             "dead_letters": s.dead_letters,
             "paused": status.paused,
@@ -86,6 +83,8 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             "with_email": stats.with_email,
             "with_phone": stats.with_phone,
             "with_neither": stats.with_neither,
+            "with_unusable_email": stats.email_unusable,
+            "with_unusable_phone": stats.phone_unusable,
         },
         "last_change_at": stats.last_change_at,
         "destinations": destinations,
@@ -247,10 +246,7 @@ async fn resync_json(state: &AppState, job: &JobState) -> Result<Value, ApiError
     let mut progress = Vec::new();
     if let Some(a) = state.catalog.by_name(&job.audience) {
         for d in &a.destinations {
-            let s = state
-                .store
-                .destination_audience_stats(d, a.id, crate::store::now_ms())
-                .await?;
+            let s = state.store.destination_audience_stats(d, a.id).await?;
             progress.push(json!({
                 "destination": d,
                 "pending_adds": s.pending_adds,
@@ -315,7 +311,12 @@ fn person_json(p: PersonView) -> Value {
     });
     json!({
         "person_id": r.person_id,
-        "identifiers": { "id": r.customer_id, "cio_id": r.cio_id, "email": email, "phone": phone },
+        "identifiers": { "id": r.customer_id, "cio_id": r.cio_id, "email": email, "phone": phone,
+                         "unusable": p.unusable.iter().map(|u| json!({
+                             "identifier": u.identifier.as_str(),
+                             "reason": u.reason.as_str(),
+                             "detail": u.reason.describe(),
+                         })).collect::<Vec<_>>() },
         "attributes": mask_attributes(r.attributes),
         "subscription": { "subscribed": p.subscribed, "changed_at": p.subscription_at },
         "created_at": p.created_at,

@@ -38,6 +38,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub resyncs: Arc<Resyncs>,
     pub metrics: PrometheusHandle,
+    /// How phone numbers in webhooks are read (`identity.*`).
+    pub phone_rules: crate::identity::PhoneRules,
 }
 
 /// Every (method, path) the router serves, as written in openapi.yaml.
@@ -125,6 +127,58 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
+/// Sets the gauges that describe state (pending work, audience sizes and
+/// coverage, running resyncs) from the store's maintained counts, so every
+/// scrape sees the state as of that moment. Each read is one row or one
+/// index probe, whatever the audience size.
+async fn refresh_gauges(state: &AppState) {
+    let now = crate::store::now_ms();
+    for d in &state.config.destinations {
+        let name = d.name().to_owned();
+        if let Ok(s) = state.store.pending_summary(&name).await {
+            metrics::gauge!("koala_destination_pending", "destination" => name.clone())
+                .set(s.pending as f64);
+            let age = s
+                .oldest_received_at
+                .map(|t| (now - t).max(0) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            metrics::gauge!("koala_destination_oldest_pending_seconds", "destination" => name)
+                .set(age);
+        }
+    }
+    for a in state.catalog.all() {
+        if let Ok(Some(s)) = state.store.audience_stats(a.id).await {
+            metrics::gauge!("koala_audience_members", "audience" => a.name.clone())
+                .set(s.members as f64);
+            for (identifier, n) in [
+                ("email", s.with_email),
+                ("phone", s.with_phone),
+                ("neither", s.with_neither),
+                ("email_unusable", s.email_unusable),
+                ("phone_unusable", s.phone_unusable),
+            ] {
+                metrics::gauge!("koala_audience_identifier_coverage", "audience" => a.name.clone(), "identifier" => identifier)
+                    .set(n as f64);
+            }
+        }
+    }
+    let running = state.resyncs.running();
+    for a in state.catalog.all() {
+        let job = running.iter().find(|j| j.audience == a.name);
+        metrics::gauge!("koala_resync_running", "audience" => a.name.clone())
+            .set(if job.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!("koala_resync_members_seen", "audience" => a.name.clone())
+            .set(job.map_or(0.0, |j| j.members_seen as f64));
+        metrics::gauge!("koala_resync_pages_fetched", "audience" => a.name.clone())
+            .set(job.map_or(0.0, |j| j.pages_fetched as f64));
+        for phase in crate::resync::Phase::RUNNING {
+            let current = job.is_some_and(|j| j.phase == phase);
+            metrics::gauge!("koala_resync_phase", "audience" => a.name.clone(), "phase" => phase.as_str())
+                .set(if current { 1.0 } else { 0.0 });
+        }
+    }
+}
+
 async fn ready(State(state): State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
@@ -133,6 +187,14 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // A slow store must not make the scrape time out: the gauges then keep
+    // their previous values and everything else renders.
+    if tokio::time::timeout(std::time::Duration::from_secs(2), refresh_gauges(&state))
+        .await
+        .is_err()
+    {
+        tracing::warn!("refreshing gauges for /metrics timed out");
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -12,8 +12,9 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
 use crate::config::Secret;
-use crate::customerio::segment::PayloadError;
+use crate::customerio::refusal::{PayloadError, RefusalReason};
 use crate::customerio::{contains_unrendered_liquid, reporting, segment, signature};
+use crate::identity::Identifiers;
 use crate::store::{IngestCommand, IngestOutcome};
 
 const SEGMENTS: &str = "segments";
@@ -39,28 +40,92 @@ pub async fn reporting(
     finish(REPORTING, started, result)
 }
 
-/// Counts every answer by endpoint and outcome.
+/// A webhook koala did not accept: the answer, and for a refusal of the
+/// request itself (not a store failure) why, for the log and the count.
+struct Refused {
+    error: ApiError,
+    why: Option<(RefusalReason, Option<String>)>,
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Self {
+        Refused { error, why: None }
+    }
+}
+
+impl From<crate::store::StoreError> for Refused {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl Refused {
+    fn new(reason: RefusalReason, field: Option<String>, error: ApiError) -> Self {
+        Refused {
+            error,
+            why: Some((reason, field)),
+        }
+    }
+}
+
+impl From<PayloadError> for Refused {
+    fn from(e: PayloadError) -> Self {
+        let error = if e.reason.is_malformed() {
+            ApiError::BadRequest(e.message)
+        } else {
+            ApiError::Unprocessable(e.message)
+        };
+        Refused::new(e.reason, e.field, error)
+    }
+}
+
+/// Counts every answer by endpoint and outcome; logs and counts every
+/// refusal once, by reason and field name (never a value: no PII).
 fn finish(
     endpoint: &'static str,
     started: Instant,
-    result: Result<Value, ApiError>,
+    result: Result<Value, Refused>,
 ) -> Result<Json<Value>, ApiError> {
     let outcome = match &result {
         Ok(v) => v["status"].as_str().unwrap_or("accepted").to_owned(),
-        Err(e) => e.code().to_owned(),
+        Err(r) => r.error.code().to_owned(),
     };
     metrics::counter!("koala_webhooks_total", "endpoint" => endpoint, "outcome" => outcome)
         .increment(1);
     metrics::histogram!("koala_ingest_seconds", "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
-    result.map(Json)
+    match result {
+        Ok(v) => Ok(Json(v)),
+        Err(Refused { error, why }) => {
+            if let Some((reason, field)) = why {
+                metrics::counter!("koala_webhook_refusals_total", "endpoint" => endpoint, "reason" => reason.as_str())
+                    .increment(1);
+                tracing::warn!(
+                    endpoint,
+                    status = error.status().as_u16(),
+                    reason = reason.as_str(),
+                    field = field.as_deref().unwrap_or("-"),
+                    "webhook refused"
+                );
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Counts the identifiers a person gave that cannot be used.
+fn count_unusable(ids: &Identifiers) {
+    for u in &ids.unusable {
+        metrics::counter!("koala_identifier_unusable_total", "identifier" => u.identifier.as_str(), "reason" => u.reason.as_str())
+            .increment(1);
+    }
 }
 
 async fn handle_segments(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refused> {
     let raw = verified_body(
         state,
         headers,
@@ -69,7 +134,8 @@ async fn handle_segments(
         SEGMENTS,
     )
     .await?;
-    let event = segment::parse(&raw).map_err(payload_error)?;
+    let event = segment::parse(&raw, &state.phone_rules)?;
+    count_unusable(&event.identifiers);
     let audiences = state.catalog.for_segment(event.segment_id).to_vec();
     if audiences.is_empty() {
         metrics::counter!("koala_segment_ignored_total", "segment" => event.segment_id.to_string())
@@ -103,7 +169,7 @@ async fn handle_reporting(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Value, ApiError> {
+) -> Result<Value, Refused> {
     let raw = verified_body(
         state,
         headers,
@@ -112,7 +178,8 @@ async fn handle_reporting(
         REPORTING,
     )
     .await?;
-    let event = reporting::parse(&raw).map_err(payload_error)?;
+    let event = reporting::parse(&raw, &state.phone_rules)?;
+    count_unusable(&event.identifiers);
     let (object_type, metric) = (event.object_type.clone(), event.metric.clone());
     let outcome = state
         .ingestor
@@ -135,18 +202,19 @@ async fn verified_body(
     body: Body,
     keys: &[Secret],
     endpoint: &'static str,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, Refused> {
     let limit = state.config.server.body_limit_bytes;
+    let too_large = || Refused::new(RefusalReason::TooLarge, None, ApiError::PayloadTooLarge(limit));
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::PayloadTooLarge(limit));
+        return Err(too_large());
     }
     let raw = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+        .map_err(|_| too_large())?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Err(e) = signature::verify(
         keys,
@@ -156,21 +224,30 @@ async fn verified_body(
         chrono::Utc::now().timestamp(),
         state.config.customerio.timestamp_tolerance,
     ) {
-        let reason = match e {
+        let (reason, refusal) = match e {
             signature::SignatureError::MissingSignature
-            | signature::SignatureError::MissingTimestamp => "missing",
-            signature::SignatureError::BadTimestamp | signature::SignatureError::Expired => {
-                "timestamp"
+            | signature::SignatureError::MissingTimestamp => {
+                ("missing", RefusalReason::SignatureMissing)
             }
-            signature::SignatureError::Mismatch => "mismatch",
+            signature::SignatureError::BadTimestamp | signature::SignatureError::Expired => {
+                ("timestamp", RefusalReason::SignatureTimestamp)
+            }
+            signature::SignatureError::Mismatch => ("mismatch", RefusalReason::SignatureMismatch),
         };
         metrics::counter!("koala_webhook_signature_failures_total", "endpoint" => endpoint, "reason" => reason).increment(1);
-        tracing::warn!(endpoint, reason, "webhook signature refused");
-        return Err(ApiError::Unauthorized(e.to_string()));
+        return Err(Refused::new(
+            refusal,
+            None,
+            ApiError::Unauthorized(e.to_string()),
+        ));
     }
     if contains_unrendered_liquid(&raw) {
-        return Err(ApiError::Unprocessable(
-            "body contains unrendered Liquid ({{ or {%): Customer.io's test send does not render templates; send to a real person".into(),
+        return Err(Refused::new(
+            RefusalReason::UnrenderedLiquid,
+            None,
+            ApiError::Unprocessable(
+                "body contains unrendered Liquid ({{ or {%): Customer.io's test send does not render templates; send to a real person".into(),
+            ),
         ));
     }
     Ok(raw)
@@ -180,11 +257,4 @@ async fn verified_body(
 fn duplicate(endpoint: &'static str) -> Value {
     metrics::counter!("koala_webhook_duplicates_total", "endpoint" => endpoint).increment(1);
     json!({ "status": "duplicate" })
-}
-
-fn payload_error(e: PayloadError) -> ApiError {
-    match e {
-        PayloadError::Malformed(m) => ApiError::BadRequest(m),
-        PayloadError::Unprocessable(m) => ApiError::Unprocessable(m),
-    }
 }

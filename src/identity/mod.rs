@@ -5,12 +5,17 @@ mod email;
 mod phone;
 
 pub use email::Email;
-pub use phone::Phone;
+pub use phone::{Phone, PhoneRules};
 
 use serde::{Deserialize, Serialize};
 
-/// The identifiers Customer.io knows a person by. At least one is present:
-/// construct through [`Identifiers::new`], which refuses an empty set.
+/// The identifiers Customer.io knows a person by. At least one usable
+/// identifier is present: construct through [`Identifiers::new`] or
+/// [`Identifiers::parse`], which refuse a set with none.
+///
+/// An email or phone that cannot be used (a phone without its country
+/// code, say) is not a reason to refuse the person: it is left out and
+/// recorded in `unusable`, and the person is synced by what is usable.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Identifiers {
     /// Customer.io's `id` (the workspace's own customer id).
@@ -19,52 +24,143 @@ pub struct Identifiers {
     pub cio_id: Option<String>,
     pub email: Option<Email>,
     pub phone: Option<Phone>,
+    /// Identifiers that were given but cannot be used, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unusable: Vec<Unusable>,
+}
+
+/// An identifier kind that can be given in a form koala cannot use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentifierKind {
+    Email,
+    Phone,
+}
+
+impl IdentifierKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentifierKind::Email => "email",
+            IdentifierKind::Phone => "phone",
+        }
+    }
+}
+
+/// Why a given email or phone cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnusableReason {
+    /// Not of the form local@domain.tld.
+    NotAnEmail,
+    /// A national number, and no `identity.default_phone_country` is set.
+    NoCountryCode,
+    /// Not a phone number in any country's rules.
+    NotAPhoneNumber,
+}
+
+impl UnusableReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnusableReason::NotAnEmail => "not_an_email",
+            UnusableReason::NoCountryCode => "no_country_code",
+            UnusableReason::NotAPhoneNumber => "not_a_phone_number",
+        }
+    }
+
+    /// The stored form back; unknown text (a newer version's) is `None`.
+    pub fn from_code(code: &str) -> Option<Self> {
+        [
+            UnusableReason::NotAnEmail,
+            UnusableReason::NoCountryCode,
+            UnusableReason::NotAPhoneNumber,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == code)
+    }
+
+    /// What an operator can do about it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            UnusableReason::NotAnEmail => "not an email address (expected local@domain.tld)",
+            UnusableReason::NoCountryCode => {
+                "a phone number without its country code; set identity.default_phone_country"
+            }
+            UnusableReason::NotAPhoneNumber => "not a phone number",
+        }
+    }
+}
+
+/// One identifier that was given but cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Unusable {
+    pub identifier: IdentifierKind,
+    pub reason: UnusableReason,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IdentifierError {
+    /// Nothing usable identifies the person: the only refusal.
     #[error("no identifier: give at least one of id, cio_id, email, phone")]
     Missing,
-    #[error("{field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
 }
 
 impl Identifiers {
     /// Builds identifiers from raw strings; blank strings count as absent.
+    /// Phones must carry their country code.
     pub fn new(
         id: Option<&str>,
         cio_id: Option<&str>,
         email: Option<&str>,
         phone: Option<&str>,
     ) -> Result<Self, IdentifierError> {
+        Self::parse(id, cio_id, email, phone, &PhoneRules::default())
+    }
+
+    /// As [`Identifiers::new`], reading national phone numbers by `rules`.
+    pub fn parse(
+        id: Option<&str>,
+        cio_id: Option<&str>,
+        email: Option<&str>,
+        phone: Option<&str>,
+        rules: &PhoneRules,
+    ) -> Result<Self, IdentifierError> {
+        let mut unusable = Vec::new();
+        let mut note = |identifier, reason| unusable.push(Unusable { identifier, reason });
         let id = non_blank(id).map(str::to_owned);
         let cio_id = non_blank(cio_id).map(|c| c.strip_prefix("cio_").unwrap_or(c).to_owned());
-        let email = non_blank(email)
-            .map(|e| {
-                Email::parse(e).map_err(|reason| IdentifierError::Invalid {
-                    field: "email",
-                    reason,
-                })
-            })
-            .transpose()?;
-        let phone = non_blank(phone)
-            .map(|p| {
-                Phone::parse(p).map_err(|reason| IdentifierError::Invalid {
-                    field: "phone",
-                    reason,
-                })
-            })
-            .transpose()?;
+        let email = non_blank(email).and_then(|e| match Email::parse(e) {
+            Ok(e) => Some(e),
+            Err(_) => {
+                note(IdentifierKind::Email, UnusableReason::NotAnEmail);
+                None
+            }
+        });
+        let phone = non_blank(phone).and_then(|p| match Phone::parse_with(p, rules) {
+            Ok(p) => Some(p),
+            Err(reason) => {
+                note(IdentifierKind::Phone, reason);
+                None
+            }
+        });
         let ids = Identifiers {
             id,
             cio_id,
             email,
             phone,
+            unusable,
         };
         if ids.is_empty() {
             return Err(IdentifierError::Missing);
         }
         Ok(ids)
+    }
+
+    /// Why the given `kind` is unusable, if it was given and is.
+    pub fn unusable(&self, kind: IdentifierKind) -> Option<UnusableReason> {
+        self.unusable
+            .iter()
+            .find(|u| u.identifier == kind)
+            .map(|u| u.reason)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -101,6 +197,9 @@ impl Identifiers {
         }
         if let Some(p) = &self.phone {
             parts.push(format!("phone={}", p.masked()));
+        }
+        for u in &self.unusable {
+            parts.push(format!("{}=unusable({})", u.identifier.as_str(), u.reason.as_str()));
         }
         parts.join(" ")
     }
@@ -140,6 +239,34 @@ mod tests {
         let a = Identifiers::new(None, Some("cio_03000010"), None, None).unwrap();
         let b = Identifiers::new(None, Some("03000010"), None, None).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn an_unusable_phone_leaves_the_person_identified_by_the_rest() {
+        let ids = Identifiers::new(Some("u1"), None, Some("a@example.com"), Some("5551234567"))
+            .unwrap();
+        assert_eq!(ids.email.as_ref().unwrap().as_str(), "a@example.com");
+        assert_eq!(ids.phone, None);
+        assert_eq!(
+            ids.unusable(IdentifierKind::Phone),
+            Some(UnusableReason::NoCountryCode)
+        );
+        assert!(!ids.masked().contains("5551234567"));
+        // With a default country the same number is usable.
+        let us = PhoneRules {
+            default_country: Some(phonenumber::country::Id::US),
+        };
+        let ids = Identifiers::parse(Some("u1"), None, None, Some("5551234567"), &us).unwrap();
+        assert_eq!(ids.phone.unwrap().e164(), "+15551234567");
+        assert!(ids.unusable.is_empty());
+    }
+
+    #[test]
+    fn only_unusable_identifiers_identify_nobody() {
+        assert_eq!(
+            Identifiers::new(None, None, Some("nope"), Some("5551234567")),
+            Err(IdentifierError::Missing)
+        );
     }
 
     #[test]

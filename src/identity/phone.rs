@@ -1,33 +1,65 @@
+use phonenumber::country::Id as Country;
+use phonenumber::Mode;
 use serde::{Deserialize, Serialize};
 
-/// A phone number in E.164 form (`+` then 8 to 15 digits). Customer.io
-/// stores phone identifiers in E.164; symbols and spaces are dropped here.
-/// A number without a country code cannot be made E.164 and is refused.
+use super::UnusableReason;
+
+/// A phone number in E.164 form (`+` then 8 to 15 digits): the form every
+/// ad platform normalizes from. Customer.io workspaces often store numbers
+/// without their country code; such a number is only usable when a default
+/// country says which one it is (see [`PhoneRules`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Phone(String);
 
+/// How national numbers (no `+` or `00` prefix) are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PhoneRules {
+    /// `identity.default_phone_country`: the country a number without a
+    /// country code belongs to. Without it such numbers are unusable.
+    pub default_country: Option<Country>,
+}
+
 impl Phone {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    /// Parses a number that carries its country code (strict: no default).
+    pub fn parse(raw: &str) -> Result<Self, UnusableReason> {
+        Self::parse_with(raw, &PhoneRules::default())
+    }
+
+    /// Parses with libphonenumber's rules (through the `phonenumber`
+    /// crate): international prefixes, trunk prefixes and per-country
+    /// lengths. A national number takes `rules.default_country`.
+    pub fn parse_with(raw: &str, rules: &PhoneRules) -> Result<Self, UnusableReason> {
         let trimmed = raw.trim();
-        let international = trimmed.starts_with('+') || trimmed.starts_with("00");
         if trimmed.chars().any(|c| c.is_ascii_alphabetic()) {
-            return Err("a phone number cannot contain letters".into());
+            // libphonenumber reads vanity letters as digits; a letter in a
+            // stored phone is far more often a typo or a note.
+            return Err(UnusableReason::NotAPhoneNumber);
         }
-        let mut digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
-        if trimmed.starts_with("00") {
-            digits.drain(..2);
+        let international = match trimmed.strip_prefix("00") {
+            Some(rest) => Some(format!("+{rest}")),
+            None if trimmed.starts_with('+') => Some(trimmed.to_owned()),
+            None => None,
+        };
+        let parsed = match (&international, rules.default_country) {
+            (Some(number), _) => phonenumber::parse(None, number),
+            (None, Some(country)) => phonenumber::parse(Some(country), trimmed),
+            (None, None) => {
+                let digits = trimmed.chars().filter(char::is_ascii_digit).count();
+                return Err(if digits == 0 {
+                    UnusableReason::NotAPhoneNumber
+                } else {
+                    UnusableReason::NoCountryCode
+                });
+            }
+        };
+        let number = parsed.map_err(|_| UnusableReason::NotAPhoneNumber)?;
+        let e164 = number.format().mode(Mode::E164).to_string();
+        let digits = e164.len().saturating_sub(1);
+        if !e164.starts_with('+') || !(8..=15).contains(&digits) {
+            return Err(UnusableReason::NotAPhoneNumber);
         }
-        if !international {
-            return Err(
-                "a phone number needs its country code in E.164 form (+15551234567)".into(),
-            );
-        }
-        let digits = digits.trim_start_matches('0');
-        if !(8..=15).contains(&digits.len()) {
-            return Err("a phone number has 8 to 15 digits with its country code".into());
-        }
-        Ok(Phone(format!("+{digits}")))
+        Ok(Phone(e164))
     }
 
     /// E.164 with the leading `+`.
@@ -55,7 +87,7 @@ impl Phone {
 impl TryFrom<String> for Phone {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        Phone::parse(&s)
+        Phone::parse(&s).map_err(|r| r.as_str().to_owned())
     }
 }
 
@@ -68,6 +100,12 @@ impl From<Phone> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn us() -> PhoneRules {
+        PhoneRules {
+            default_country: Some(Country::US),
+        }
+    }
 
     #[test]
     fn symbols_and_spaces_are_dropped() {
@@ -82,10 +120,50 @@ mod tests {
     }
 
     #[test]
-    fn a_number_without_country_code_is_refused() {
-        assert!(Phone::parse("415 555 0100").is_err());
-        assert!(Phone::parse("+12").is_err());
-        assert!(Phone::parse("+1 call me").is_err());
+    fn a_national_number_needs_a_default_country() {
+        assert_eq!(
+            Phone::parse("5551234567"),
+            Err(UnusableReason::NoCountryCode)
+        );
+        assert_eq!(
+            Phone::parse("415 555 0100"),
+            Err(UnusableReason::NoCountryCode)
+        );
+        assert_eq!(
+            Phone::parse_with("5551234567", &us()).unwrap().e164(),
+            "+15551234567"
+        );
+        assert_eq!(
+            Phone::parse_with("(415) 555-0100", &us()).unwrap().e164(),
+            "+14155550100"
+        );
+        // A trunk prefix is dropped by the country's rules.
+        let gb = PhoneRules {
+            default_country: Some(Country::GB),
+        };
+        assert_eq!(
+            Phone::parse_with("07700 900123", &gb).unwrap().e164(),
+            "+447700900123"
+        );
+        // A number with its country code ignores the default.
+        assert_eq!(
+            Phone::parse_with("+44 7700 900123", &us()).unwrap().e164(),
+            "+447700900123"
+        );
+    }
+
+    #[test]
+    fn what_is_no_phone_number_is_unusable() {
+        assert_eq!(Phone::parse("+12"), Err(UnusableReason::NotAPhoneNumber));
+        assert_eq!(
+            Phone::parse("+1 call me"),
+            Err(UnusableReason::NotAPhoneNumber)
+        );
+        assert_eq!(Phone::parse("--"), Err(UnusableReason::NotAPhoneNumber));
+        assert_eq!(
+            Phone::parse_with("12", &us()),
+            Err(UnusableReason::NotAPhoneNumber)
+        );
     }
 
     #[test]

@@ -37,6 +37,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phases a running job can be in.
+    pub const RUNNING: [Phase; 5] = [
+        Phase::Queued,
+        Phase::Fetching,
+        Phase::Exits,
+        Phase::Enriching,
+        Phase::Replacing,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Queued => "queued",

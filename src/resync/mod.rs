@@ -187,6 +187,16 @@ impl Resyncs {
             .map(|s| s.lock().expect("job lock").clone())
     }
 
+    /// Jobs running now.
+    pub fn running(&self) -> Vec<JobState> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        jobs.running
+            .values()
+            .filter_map(|id| jobs.by_id.get(id))
+            .map(|s| s.lock().expect("job lock").clone())
+            .collect()
+    }
+
     /// The latest job of an audience (running or finished).
     pub fn latest_for(&self, audience: &str) -> Option<JobState> {
         let jobs = self.jobs.lock().expect("jobs lock");

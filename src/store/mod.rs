@@ -98,6 +98,9 @@ pub struct AudienceStats {
     pub with_email: i64,
     pub with_phone: i64,
     pub with_neither: i64,
+    /// Members whose only email (phone) given is unusable.
+    pub email_unusable: i64,
+    pub phone_unusable: i64,
     pub last_change_at: Option<i64>,
 }
 
@@ -153,6 +156,8 @@ pub struct SyncStateView {
 #[derive(Debug, Clone)]
 pub struct PersonView {
     pub record: PersonRecord,
+    /// Identifiers given that cannot be used (why, never what).
+    pub unusable: Vec<crate::identity::Unusable>,
     pub subscribed: Option<bool>,
     pub subscription_at: Option<i64>,
     pub created_at: i64,
@@ -213,8 +218,6 @@ pub struct WorkBatch {
 pub struct DestinationAudienceStats {
     pub pending_adds: i64,
     pub pending_removes: i64,
-    /// Pending rows leased to a request in flight.
-    pub in_flight: i64,
     pub acknowledged_members: i64,
     pub dead_letters: i64,
     pub last_success_at: Option<i64>,
@@ -323,6 +326,7 @@ pub trait Store: Send + Sync + 'static {
     /// count kept in the same transaction as each change.
     async fn member_counts(&self) -> Result<Vec<(String, i64)>>;
 
+    /// Size and identifier coverage, from counts kept with every change.
     async fn audience_stats(&self, audience_id: i64) -> Result<Option<AudienceStats>>;
 
     /// Applied entries and exits (and stale events) of an audience since
@@ -437,11 +441,11 @@ pub trait Store: Send + Sync + 'static {
     /// Makes matching dead letters due again; returns how many.
     async fn redrive(&self, filter: &DeadLetterFilter) -> Result<u64>;
 
+    /// From counts kept with every change: one row read, whatever the size.
     async fn destination_audience_stats(
         &self,
         destination: &str,
         audience_id: i64,
-        now_ms: i64,
     ) -> Result<DestinationAudienceStats>;
 
     async fn pending_summary(&self, destination: &str) -> Result<PendingSummary>;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use crate::identity::Identifiers;
+use crate::identity::{IdentifierKind, Identifiers, UnusableReason};
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PersonRow {
@@ -20,6 +20,10 @@ pub(crate) struct PersonRow {
     pub cio_id: Option<String>,
     pub email: Option<String>,
     pub phone: Option<String>,
+    /// The newest email given was unusable, and why.
+    pub email_unusable: Option<UnusableReason>,
+    /// The newest phone given was unusable, and why.
+    pub phone_unusable: Option<UnusableReason>,
     pub attributes: Map<String, Value>,
     pub profile_at: i64,
     pub subscribed: Option<bool>,
@@ -135,6 +139,8 @@ impl People {
                 cio_id: ids.cio_id.clone(),
                 email,
                 phone,
+                email_unusable: ids.unusable(IdentifierKind::Email),
+                phone_unusable: ids.unusable(IdentifierKind::Phone),
                 attributes: attributes.cloned().unwrap_or_default(),
                 profile_at: occurred_at,
                 is_new: true,
@@ -168,6 +174,7 @@ impl People {
             row.email.clone(),
             row.phone.clone(),
             row.profile_at,
+            (row.email_unusable, row.phone_unusable),
         );
         if let Some(c) = new_customer {
             row.customer_id = Some(c);
@@ -176,13 +183,20 @@ impl People {
             row.cio_id = Some(c);
         }
         let newer = occurred_at >= row.profile_at;
-        if newer {
-            row.email = email.or(row.email.take());
-            row.phone = phone.or(row.phone.take());
-        } else {
-            row.email = row.email.take().or(email);
-            row.phone = row.phone.take().or(phone);
-        }
+        merge_identifier(
+            &mut row.email,
+            &mut row.email_unusable,
+            email,
+            ids.unusable(IdentifierKind::Email),
+            newer,
+        );
+        merge_identifier(
+            &mut row.phone,
+            &mut row.phone_unusable,
+            phone,
+            ids.unusable(IdentifierKind::Phone),
+            newer,
+        );
         let mut attrs_changed = false;
         if let Some(incoming) = attributes {
             for (k, v) in incoming {
@@ -199,6 +213,7 @@ impl People {
             row.email.clone(),
             row.phone.clone(),
             row.profile_at,
+            (row.email_unusable, row.phone_unusable),
         );
         if before != after || attrs_changed {
             row.dirty = true;
@@ -217,6 +232,28 @@ impl People {
         row.subscription_at = Some(at);
         row.dirty = true;
         true
+    }
+}
+
+/// One email or phone: a newer usable value replaces the stored one and
+/// clears any unusable note; a newer unusable one is noted but never drops
+/// a usable value; an older event only fills a gap.
+fn merge_identifier(
+    stored: &mut Option<String>,
+    stored_unusable: &mut Option<UnusableReason>,
+    incoming: Option<String>,
+    incoming_unusable: Option<UnusableReason>,
+    newer: bool,
+) {
+    match (incoming, incoming_unusable) {
+        (Some(value), _) if newer || stored.is_none() => {
+            *stored = Some(value);
+            *stored_unusable = None;
+        }
+        (None, Some(reason)) if newer || (stored.is_none() && stored_unusable.is_none()) => {
+            *stored_unusable = Some(reason);
+        }
+        _ => {}
     }
 }
 
@@ -284,6 +321,24 @@ mod tests {
         let i = p.merge(&ids(Some("new"), Some("c1"), None), None, 10);
         assert_eq!(p.rows[i].person_id, 5);
         assert_eq!(p.rows[i].customer_id.as_deref(), Some("new"));
+        assert!(p.rows[i].dirty);
+    }
+
+    #[test]
+    fn an_unusable_phone_is_noted_and_never_replaces_a_usable_one() {
+        let with_phone = |phone: &str| Identifiers::new(Some("u1"), None, None, Some(phone)).unwrap();
+        let mut p = People::new(vec![], 1);
+        let i = p.merge(&with_phone("5551234567"), None, 10);
+        assert_eq!(p.rows[i].phone, None);
+        assert_eq!(p.rows[i].phone_unusable, Some(UnusableReason::NoCountryCode));
+        // A usable phone arrives: it is kept and the note goes.
+        p.merge(&with_phone("+14155550100"), None, 20);
+        assert_eq!(p.rows[i].phone.as_deref(), Some("+14155550100"));
+        assert_eq!(p.rows[i].phone_unusable, None);
+        // A newer unusable one is noted, the usable phone stays.
+        p.merge(&with_phone("555"), None, 30);
+        assert_eq!(p.rows[i].phone.as_deref(), Some("+14155550100"));
+        assert!(p.rows[i].phone_unusable.is_some());
         assert!(p.rows[i].dirty);
     }
 

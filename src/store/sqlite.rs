@@ -13,6 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
 use super::*;
+use crate::identity::{IdentifierKind, Unusable, UnusableReason};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -106,6 +107,10 @@ pub(super) fn person_record(r: &sqlx::sqlite::SqliteRow, offset: usize) -> Perso
 
 pub(super) const PERSON_COLUMNS: &str =
     "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes";
+
+/// The person view: the record, then subscription, times and unusable notes.
+const VIEW_COLUMNS: &str = "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes, \
+     p.subscribed, p.subscription_at, p.created_at, p.updated_at, p.email_unusable, p.phone_unusable";
 
 fn filter_clause(filter: &DeadLetterFilter) -> (String, Vec<String>) {
     // Returns extra WHERE text with $2.. placeholders and their values.
@@ -214,36 +219,26 @@ impl Store for SqliteStore {
     }
 
     async fn audience_stats(&self, audience_id: i64) -> Result<Option<AudienceStats>> {
-        let Some(a) = sqlx::query(
-            "SELECT audience_id, name, segment_id, mode, last_change_at FROM audiences WHERE audience_id = $1",
+        Ok(sqlx::query(
+            "SELECT audience_id, name, segment_id, mode, last_change_at, member_count,
+                    with_email, with_phone, with_neither, email_unusable, phone_unusable
+             FROM audiences WHERE audience_id = $1",
         )
         .bind(audience_id)
         .fetch_optional(&self.reader)
         .await?
-        else {
-            return Ok(None);
-        };
-        let c = sqlx::query(
-            "SELECT COUNT(*),
-                    COALESCE(SUM(CASE WHEN p.email IS NOT NULL THEN 1 ELSE 0 END), 0),
-                    COALESCE(SUM(CASE WHEN p.phone IS NOT NULL THEN 1 ELSE 0 END), 0),
-                    COALESCE(SUM(CASE WHEN p.email IS NULL AND p.phone IS NULL THEN 1 ELSE 0 END), 0)
-             FROM memberships m JOIN people p ON p.person_id = m.person_id
-             WHERE m.audience_id = $1 AND m.is_member",
-        )
-        .bind(audience_id)
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(Some(AudienceStats {
+        .map(|a| AudienceStats {
             audience_id: a.get(0),
             name: a.get(1),
             segment_id: a.get(2),
             mode: a.get(3),
             last_change_at: a.get(4),
-            members: c.get(0),
-            with_email: c.get(1),
-            with_phone: c.get(2),
-            with_neither: c.get(3),
+            members: a.get(5),
+            with_email: a.get(6),
+            with_phone: a.get(7),
+            with_neither: a.get(8),
+            email_unusable: a.get(9),
+            phone_unusable: a.get(10),
         }))
     }
 
@@ -281,12 +276,9 @@ impl Store for SqliteStore {
         let bare_cio = key.strip_prefix("cio_").unwrap_or(key);
         let email = key.trim().to_lowercase();
         let row = sqlx::query(&format!(
-            "SELECT {PERSON_COLUMNS}, p.subscribed, p.subscription_at, p.created_at, p.updated_at
-             FROM people p WHERE p.customer_id = $1
-             UNION ALL SELECT {PERSON_COLUMNS}, p.subscribed, p.subscription_at, p.created_at, p.updated_at
-             FROM people p WHERE p.cio_id = $2
-             UNION ALL SELECT {PERSON_COLUMNS}, p.subscribed, p.subscription_at, p.created_at, p.updated_at
-             FROM people p WHERE p.email = $3
+            "SELECT {VIEW_COLUMNS} FROM people p WHERE p.customer_id = $1
+             UNION ALL SELECT {VIEW_COLUMNS} FROM people p WHERE p.cio_id = $2
+             UNION ALL SELECT {VIEW_COLUMNS} FROM people p WHERE p.email = $3
              LIMIT 1"
         ))
         .bind(key)
@@ -358,8 +350,19 @@ impl Store for SqliteStore {
             dead_letter: r.get(8),
         })
         .collect();
+        let unusable = [
+            (IdentifierKind::Email, row.get::<Option<String>, _>(10)),
+            (IdentifierKind::Phone, row.get::<Option<String>, _>(11)),
+        ]
+        .into_iter()
+        .filter_map(|(identifier, code)| {
+            let reason = UnusableReason::from_code(code.as_deref()?)?;
+            Some(Unusable { identifier, reason })
+        })
+        .collect();
         Ok(Some(PersonView {
             record,
+            unusable,
             subscribed: row.get(6),
             subscription_at: row.get(7),
             created_at: row.get(8),
@@ -408,6 +411,7 @@ impl Store for SqliteStore {
             cio_id: row.get(1),
             email,
             phone,
+            unusable: Vec::new(),
         };
         if ids.id.is_none() && ids.cio_id.is_none() {
             return Ok(());
@@ -672,44 +676,46 @@ impl Store for SqliteStore {
         &self,
         destination: &str,
         audience_id: i64,
-        now_ms: i64,
     ) -> Result<DestinationAudienceStats> {
         let r = sqlx::query(
-            "SELECT
-               COALESCE(SUM(CASE WHEN pending AND dead_reason IS NULL AND desired THEN 1 ELSE 0 END), 0),
-               COALESCE(SUM(CASE WHEN pending AND dead_reason IS NULL AND NOT desired THEN 1 ELSE 0 END), 0),
-               COALESCE(SUM(CASE WHEN acked THEN 1 ELSE 0 END), 0),
-               COALESCE(SUM(CASE WHEN dead_reason IS NOT NULL THEN 1 ELSE 0 END), 0),
-               MAX(acked_at),
-               COALESCE(SUM(CASE WHEN pending AND dead_reason IS NULL AND lease_until > $3 THEN 1 ELSE 0 END), 0)
-             FROM sync_state WHERE destination = $1 AND audience_id = $2",
+            "SELECT pending_adds, pending_removes, acked_members, dead_letters, last_ack_at
+             FROM sync_counts WHERE destination = $1 AND audience_id = $2",
         )
         .bind(destination)
         .bind(audience_id)
-        .bind(now_ms)
-        .fetch_one(&self.reader)
+        .fetch_optional(&self.reader)
         .await?;
-        Ok(DestinationAudienceStats {
+        Ok(r.map(|r| DestinationAudienceStats {
             pending_adds: r.get(0),
             pending_removes: r.get(1),
             acknowledged_members: r.get(2),
             dead_letters: r.get(3),
             last_success_at: r.get(4),
-            in_flight: r.get(5),
         })
+        .unwrap_or_default())
     }
 
     async fn pending_summary(&self, destination: &str) -> Result<PendingSummary> {
-        let r = sqlx::query(
-            "SELECT COUNT(*), MIN(desired_received_at) FROM sync_state
-             WHERE destination = $1 AND pending AND dead_reason IS NULL",
+        let pending: i64 = sqlx::query(
+            "SELECT COALESCE(SUM(pending_adds + pending_removes), 0) FROM sync_counts WHERE destination = $1",
         )
         .bind(destination)
         .fetch_one(&self.reader)
-        .await?;
+        .await?
+        .get(0);
+        // The oldest pending row is the first entry of the `sync_due` index.
+        let oldest = sqlx::query(
+            "SELECT desired_received_at FROM sync_state
+             WHERE destination = $1 AND pending AND dead_reason IS NULL
+             ORDER BY desired_received_at LIMIT 1",
+        )
+        .bind(destination)
+        .fetch_optional(&self.reader)
+        .await?
+        .map(|r| r.get(0));
         Ok(PendingSummary {
-            pending: r.get(0),
-            oldest_received_at: r.get(1),
+            pending,
+            oldest_received_at: oldest,
         })
     }
 

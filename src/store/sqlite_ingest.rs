@@ -15,7 +15,7 @@ use super::{AudienceOutcome, IngestCommand, IngestOutcome, Result};
 use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
 use crate::config::AudienceMode;
 use crate::customerio::reporting::SubscriptionChange;
-use crate::identity::Identifiers;
+use crate::identity::{Identifiers, UnusableReason};
 
 fn dedupe_key(command: &IngestCommand) -> String {
     match command {
@@ -44,7 +44,8 @@ pub(super) async fn load_people(tx: &mut SqliteConnection, ids: &[&Identifiers])
     // each index.
     let json = |v: &Vec<String>| serde_json::to_string(v).expect("strings serialize");
     let rows: Vec<PersonRow> = sqlx::query(
-        "SELECT person_id, customer_id, cio_id, email, phone, attributes, profile_at, subscribed, subscription_at
+        "SELECT person_id, customer_id, cio_id, email, phone, attributes, profile_at, subscribed, subscription_at,
+                email_unusable, phone_unusable
          FROM people
          WHERE customer_id IN (SELECT value FROM json_each($1)) OR cio_id IN (SELECT value FROM json_each($2))
             OR email IN (SELECT value FROM json_each($3)) OR phone IN (SELECT value FROM json_each($4))",
@@ -68,6 +69,8 @@ pub(super) async fn load_people(tx: &mut SqliteConnection, ids: &[&Identifiers])
             profile_at: r.get(6),
             subscribed: r.get(7),
             subscription_at: r.get(8),
+            email_unusable: unusable_reason(r.get(9)),
+            phone_unusable: unusable_reason(r.get(10)),
             ..Default::default()
         }
     })
@@ -77,6 +80,10 @@ pub(super) async fn load_people(tx: &mut SqliteConnection, ids: &[&Identifiers])
         .await?
         .get(0);
     Ok(People::new(rows, next))
+}
+
+fn unusable_reason(code: Option<String>) -> Option<UnusableReason> {
+    code.as_deref().and_then(UnusableReason::from_code)
 }
 
 /// Writes new and changed people.
@@ -95,7 +102,9 @@ pub(super) async fn flush_people(
             Value::Object(r.attributes.clone()).to_string(),
             r.profile_at,
             r.subscribed,
-            r.subscription_at
+            r.subscription_at,
+            r.email_unusable.map(UnusableReason::as_str),
+            r.phone_unusable.map(UnusableReason::as_str)
         ])
     };
     let new: Vec<Value> = people
@@ -113,10 +122,11 @@ pub(super) async fn flush_people(
     if !new.is_empty() {
         sqlx::query(
             "INSERT INTO people (person_id, customer_id, cio_id, email, phone, attributes, profile_at,
-                                 subscribed, subscription_at, created_at, updated_at)
+                                 subscribed, subscription_at, email_unusable, phone_unusable, created_at, updated_at)
              SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
                     json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'),
-                    json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), $1, $1
+                    json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'),
+                    json_extract(value, '$[9]'), json_extract(value, '$[10]'), $1, $1
              FROM json_each($2)",
         )
         .bind(now)
@@ -130,6 +140,7 @@ pub(super) async fn flush_people(
                     email = json_extract(j.value, '$[3]'), phone = json_extract(j.value, '$[4]'),
                     attributes = json_extract(j.value, '$[5]'), profile_at = json_extract(j.value, '$[6]'),
                     subscribed = json_extract(j.value, '$[7]'), subscription_at = json_extract(j.value, '$[8]'),
+                    email_unusable = json_extract(j.value, '$[9]'), phone_unusable = json_extract(j.value, '$[10]'),
                     updated_at = $1
              FROM json_each($2) AS j WHERE people.person_id = json_extract(j.value, '$[0]')",
         )
@@ -257,7 +268,6 @@ pub(super) async fn apply_group(
         .get(0);
     let mut history: Vec<Value> = Vec::new();
     let mut changed: HashSet<(i64, i64)> = HashSet::new();
-    let mut deltas: BTreeMap<i64, i64> = BTreeMap::new();
     // (destination, audience) → person → (desired, desired_at)
     let mut desired: BTreeMap<(String, i64), BTreeMap<i64, (bool, i64)>> = BTreeMap::new();
     let mut outcomes = Vec::with_capacity(commands.len());
@@ -326,8 +336,6 @@ pub(super) async fn apply_group(
                                 },
                             );
                             changed.insert(mkey);
-                            *deltas.entry(audience.id).or_default() +=
-                                if is_member { 1 } else { -1 };
                             // Additive audiences never remove from destinations.
                             if is_member || audience.mode == AudienceMode::Mirror {
                                 for d in &audience.destinations {
@@ -432,14 +440,8 @@ pub(super) async fn apply_group(
         .execute(&mut *tx)
         .await?;
     }
-    for (audience_id, delta) in deltas {
-        sqlx::query("UPDATE audiences SET member_count = member_count + $2, last_change_at = $3 WHERE audience_id = $1")
-            .bind(audience_id)
-            .bind(delta)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
+    // Member counts and coverage follow the memberships written above
+    // (triggers in migration 0005).
     for ((destination, audience_id), by_person) in desired {
         for want in [true, false] {
             let rows: Vec<(i64, i64)> = by_person

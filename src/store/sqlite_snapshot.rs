@@ -201,15 +201,6 @@ async fn apply_changes(
     .bind(&pairs)
     .execute(&mut *tx)
     .await?;
-    let delta = person_ids.len() as i64 * if is_member { 1 } else { -1 };
-    sqlx::query(
-        "UPDATE audiences SET member_count = member_count + $2, last_change_at = $3 WHERE audience_id = $1",
-    )
-    .bind(audience.id)
-    .bind(delta)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
     if is_member || audience.mode == AudienceMode::Mirror {
         let rows: Vec<(i64, i64)> = person_ids.iter().map(|p| (*p, job.stamp_at)).collect();
         for d in &audience.destinations {

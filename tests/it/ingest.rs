@@ -146,10 +146,12 @@ async fn malformed_json_is_400_naming_the_problem() {
     body["action"] = json!("joined");
     let (status, err) = app.segment_webhook(&body).await;
     assert_eq!(status, 400);
-    assert!(
-        err["error"]["message"].as_str().unwrap().contains("joined"),
-        "{err}"
-    );
+    // The field is named and what it expects is listed; the value sent is
+    // not repeated (a template mistake can put personal data there).
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("action"), "{err}");
+    assert!(message.contains("entered"), "{err}");
+    assert!(!message.contains("joined"), "{err}");
 
     let mut body = segment_body(CART_SEGMENT, "u1", "entered", T0);
     body.as_object_mut().unwrap().remove("occurred_at");
