@@ -152,7 +152,10 @@ fn describe() {
         "koala_resync_changes_total",
         "Membership changes applied by resyncs, by audience and direction"
     );
-    describe_gauge!("koala_resync_running", "1 while a resync of the audience runs");
+    describe_gauge!(
+        "koala_resync_running",
+        "1 while a resync of the audience runs"
+    );
     describe_gauge!(
         "koala_resync_phase",
         "1 for the phase the audience's running resync is in"

@@ -86,7 +86,10 @@ impl PayloadError {
         let (field, message) = if path.is_empty() || path == "." {
             (None, format!("invalid {what} body: {detail}"))
         } else {
-            (Some(path.clone()), format!("invalid {what} body: {path}: {detail}"))
+            (
+                Some(path.clone()),
+                format!("invalid {what} body: {path}: {detail}"),
+            )
         };
         PayloadError {
             reason,
@@ -152,8 +155,11 @@ mod tests {
 
     #[test]
     fn a_wrong_type_names_the_field_and_never_the_value() {
-        let e = from_json::<T>("test", br#"{"inner":{"n":"ann@example.com","action":"entered"}}"#)
-            .unwrap_err();
+        let e = from_json::<T>(
+            "test",
+            br#"{"inner":{"n":"ann@example.com","action":"entered"}}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.reason, RefusalReason::WrongShape);
         assert_eq!(e.field.as_deref(), Some("inner.n"));
         assert!(!e.message.contains("ann@"), "{}", e.message);

@@ -204,7 +204,13 @@ async fn verified_body(
     endpoint: &'static str,
 ) -> Result<Bytes, Refused> {
     let limit = state.config.server.body_limit_bytes;
-    let too_large = || Refused::new(RefusalReason::TooLarge, None, ApiError::PayloadTooLarge(limit));
+    let too_large = || {
+        Refused::new(
+            RefusalReason::TooLarge,
+            None,
+            ApiError::PayloadTooLarge(limit),
+        )
+    };
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -199,7 +199,11 @@ impl Identifiers {
             parts.push(format!("phone={}", p.masked()));
         }
         for u in &self.unusable {
-            parts.push(format!("{}=unusable({})", u.identifier.as_str(), u.reason.as_str()));
+            parts.push(format!(
+                "{}=unusable({})",
+                u.identifier.as_str(),
+                u.reason.as_str()
+            ));
         }
         parts.join(" ")
     }
@@ -243,8 +247,8 @@ mod tests {
 
     #[test]
     fn an_unusable_phone_leaves_the_person_identified_by_the_rest() {
-        let ids = Identifiers::new(Some("u1"), None, Some("a@example.com"), Some("5551234567"))
-            .unwrap();
+        let ids =
+            Identifiers::new(Some("u1"), None, Some("a@example.com"), Some("5551234567")).unwrap();
         assert_eq!(ids.email.as_ref().unwrap().as_str(), "a@example.com");
         assert_eq!(ids.phone, None);
         assert_eq!(

@@ -326,11 +326,15 @@ mod tests {
 
     #[test]
     fn an_unusable_phone_is_noted_and_never_replaces_a_usable_one() {
-        let with_phone = |phone: &str| Identifiers::new(Some("u1"), None, None, Some(phone)).unwrap();
+        let with_phone =
+            |phone: &str| Identifiers::new(Some("u1"), None, None, Some(phone)).unwrap();
         let mut p = People::new(vec![], 1);
         let i = p.merge(&with_phone("5551234567"), None, 10);
         assert_eq!(p.rows[i].phone, None);
-        assert_eq!(p.rows[i].phone_unusable, Some(UnusableReason::NoCountryCode));
+        assert_eq!(
+            p.rows[i].phone_unusable,
+            Some(UnusableReason::NoCountryCode)
+        );
         // A usable phone arrives: it is kept and the note goes.
         p.merge(&with_phone("+14155550100"), None, 20);
         assert_eq!(p.rows[i].phone.as_deref(), Some("+14155550100"));

@@ -290,3 +290,77 @@ async fn emails_and_phones_never_reach_the_logs_even_at_debug_level() {
         assert!(!text.contains(secret), "{secret} reached the log:\n{text}");
     }
 }
+
+/// 400, 413 and 422 used to leave no trace; now every refused webhook is
+/// logged once at warn with its status, reason and the offending field's
+/// name — never the field's value.
+#[tokio::test]
+async fn every_refused_webhook_is_logged_once_with_reason_and_field_but_no_value() {
+    let fake = FakeMeta::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = write_config(&dir, &fake, "");
+    let port = free_port();
+    let log = dir.path().join("koala.log");
+    let mut koala = spawn_koala_logging(&config_path, port, "warn", Some(&log)).await;
+    let base = koala.base.clone();
+    let send = |body: Vec<u8>, key: &'static str| {
+        let base = base.clone();
+        async move {
+            let ts = chrono::Utc::now().timestamp().to_string();
+            reqwest::Client::new()
+                .post(format!("{base}/webhooks/customerio/segments"))
+                .header("x-cio-timestamp", &ts)
+                .header(
+                    "x-cio-signature",
+                    koala::customerio::signature::sign(key, &ts, &body),
+                )
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    let wrong_shape = json(
+        serde_json::json!({"segment_id": CART_SEGMENT, "action": "leaked.person@example.com",
+        "occurred_at": 1_750_000_000, "identifiers": {"id": "u1"}}),
+    );
+    assert_eq!(send(wrong_shape, WEBHOOK_KEY).await, 400);
+    let nobody = json(
+        serde_json::json!({"segment_id": CART_SEGMENT, "action": "entered",
+        "occurred_at": 1_750_000_000, "identifiers": {"phone": "4155550177"}}),
+    );
+    assert_eq!(send(nobody, WEBHOOK_KEY).await, 422);
+    assert_eq!(send(vec![b' '; 2 << 20], WEBHOOK_KEY).await, 413);
+    assert_eq!(send(b"{}".to_vec(), "not-the-key").await, 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    koala.child.kill().unwrap();
+    koala.child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let refusals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("webhook refused"))
+        .collect();
+    assert_eq!(refusals.len(), 4, "{text}");
+    for (status, reason, field) in [
+        ("400", "wrong_shape", "action"),
+        ("422", "no_identifier", "identifiers"),
+        ("413", "too_large", "-"),
+        ("401", "signature_mismatch", "-"),
+    ] {
+        assert!(
+            refusals.iter().any(|l| {
+                let l = l.replace('"', "");
+                l.contains(&format!("status={status}"))
+                    && l.contains(&format!("reason={reason}"))
+                    && l.contains(&format!("field={field}"))
+            }),
+            "{status} {reason} {field}: {text}"
+        );
+    }
+    for secret in ["leaked.person", "4155550177"] {
+        assert!(!text.contains(secret), "{secret} reached the log:\n{text}");
+    }
+}

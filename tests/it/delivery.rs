@@ -286,8 +286,12 @@ async fn server_errors_and_timeouts_are_retried() {
         fake.members(AUD).contains("u1")
     })
     .await;
-    let (_, person) = app.admin_get("/v1/people/u1").await;
-    assert_eq!(person["destinations"][0]["acknowledged"], true);
+    // The fake records the person before koala reads its answer.
+    until("u1 acknowledged", LONG, || async {
+        let (_, person) = app.admin_get("/v1/people/u1").await;
+        person["destinations"][0]["acknowledged"] == true
+    })
+    .await;
     app.stop().await;
 }
 
@@ -472,5 +476,50 @@ async fn people_without_a_usable_identifier_are_counted_not_sent() {
         fake.requests().iter().map(|r| r.rows.len()).sum::<usize>(),
         1
     );
+    app.stop().await;
+}
+
+/// The pending gauges are read from maintained counts when /metrics is
+/// scraped, so they are current at that moment (they used to lag up to
+/// 2 s behind a background loop).
+#[tokio::test]
+async fn pending_gauges_are_current_at_scrape_time() {
+    let fake = FakeMeta::start().await;
+    // Every request is refused as throttled: rows stay pending.
+    for _ in 0..500 {
+        fake.push_response(ScriptedResponse::throttle());
+    }
+    let app = TestApp::start_with(&config(&fake, "", "mirror")).await;
+    for i in 0..3 {
+        let (status, _) = app
+            .segment_event(CART_SEGMENT, &format!("g{i}"), "entered", T0)
+            .await;
+        assert_eq!(status, 200);
+    }
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "koala_destination_pending",
+            &[("destination", "meta")]
+        ),
+        3.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains("koala_destination_oldest_pending_seconds{destination=\"meta\"}"));
+    assert_eq!(
+        metric_value(&metrics, "koala_audience_members", &[("audience", CART)]),
+        3.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "koala_audience_identifier_coverage",
+            &[("audience", CART), ("identifier", "email")]
+        ),
+        3.0
+    );
+    let d = &app.audience(CART).await["destinations"][0];
+    assert_eq!(d["pending_adds"], 3, "{d}");
     app.stop().await;
 }

@@ -549,3 +549,173 @@ async fn the_readme_liquid_template_renders_to_an_accepted_body() {
     assert_eq!(person["identifiers"]["phone"], "+*******0123");
     app.stop().await;
 }
+
+/// A phone without its country code (as many workspaces store them) must
+/// not refuse the person: Customer.io would hold back every later webhook.
+#[tokio::test]
+async fn a_phone_without_country_code_is_accepted_and_shown_unusable() {
+    let app = TestApp::start().await;
+    let mut body = segment_body(CART_SEGMENT, "u-nat", "entered", T0);
+    body["identifiers"]["phone"] = json!("5551234567");
+    let (status, answer) = app.segment_webhook(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["audiences"][0]["outcome"], "applied");
+    assert_eq!(app.members(CART).await, 1);
+
+    let (_, person) = app.admin_get("/v1/people/u-nat").await;
+    assert_eq!(person["identifiers"]["phone"], serde_json::Value::Null);
+    assert_eq!(person["identifiers"]["email"], "u***@example.com");
+    let unusable = &person["identifiers"]["unusable"][0];
+    assert_eq!(unusable["identifier"], "phone");
+    assert_eq!(unusable["reason"], "no_country_code");
+    assert!(!person.to_string().contains("5551234567"), "{person}");
+
+    let coverage = &app.audience(CART).await["identifier_coverage"];
+    assert_eq!(coverage["with_email"], 1, "{coverage}");
+    assert_eq!(coverage["with_phone"], 0, "{coverage}");
+    assert_eq!(coverage["with_unusable_phone"], 1, "{coverage}");
+    let metrics = app.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "koala_identifier_unusable_total",
+            &[("identifier", "phone"), ("reason", "no_country_code")]
+        ) >= 1.0
+    );
+
+    // Nothing at all usable: that alone is refused.
+    let (status, err) = app
+        .segment_webhook(
+            &json!({"segment_id": CART_SEGMENT, "action": "entered", "occurred_at": T0,
+            "identifiers": {"phone": "5551234567", "email": "not-an-email"}}),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no usable identifier"), "{err}");
+    assert!(!message.contains("5551234567"), "{err}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_default_phone_country_makes_national_numbers_usable() {
+    let config = base_config("")
+        + "\n[identity]\ndefault_phone_country = \"US\"\n"
+        + &cart_audience("", "mirror");
+    let app = TestApp::start_with(&config).await;
+    let mut body = segment_body(CART_SEGMENT, "u-us", "entered", T0);
+    body["identifiers"]["phone"] = json!("(555) 123-4567");
+    assert_eq!(app.segment_webhook(&body).await.0, 200);
+    let (_, person) = app.admin_get("/v1/people/u-us").await;
+    assert_eq!(person["identifiers"]["phone"], "+*******4567");
+    assert_eq!(person["identifiers"]["unusable"], json!([]));
+    let coverage = &app.audience(CART).await["identifier_coverage"];
+    assert_eq!(coverage["with_phone"], 1, "{coverage}");
+    assert_eq!(coverage["with_unusable_phone"], 0, "{coverage}");
+    app.stop().await;
+}
+
+/// Coverage is kept with every change (not recomputed by a scan), so it
+/// must follow entries, exits and identifiers that appear later.
+#[tokio::test]
+async fn identifier_coverage_follows_entries_exits_and_new_identifiers() {
+    let app = TestApp::start().await;
+    let coverage = |v: serde_json::Value| {
+        let c = &v["identifier_coverage"];
+        (
+            v["members"].as_i64().unwrap(),
+            c["with_email"].as_i64().unwrap(),
+            c["with_phone"].as_i64().unwrap(),
+            c["with_neither"].as_i64().unwrap(),
+            c["with_unusable_phone"].as_i64().unwrap(),
+        )
+    };
+    let enter = |id: &str, email: &str, phone: &str, at: i64| {
+        json!({"segment_id": CART_SEGMENT, "action": "entered", "occurred_at": at,
+               "identifiers": {"id": id, "email": email, "phone": phone}})
+    };
+    app.segment_webhook(&enter("c1", "c1@example.com", "", T0))
+        .await;
+    app.segment_webhook(&enter("c2", "", "5551234567", T0))
+        .await;
+    app.segment_webhook(&enter("c3", "", "+14155550100", T0))
+        .await;
+    assert_eq!(coverage(app.audience(CART).await), (3, 1, 1, 1, 1));
+    // c2's phone arrives with its country code on a later event.
+    let mut later = enter("c2", "", "+14155550101", T0 + 10);
+    later["action"] = json!("entered");
+    app.segment_webhook(&later).await;
+    assert_eq!(coverage(app.audience(CART).await), (3, 1, 2, 0, 0));
+    // c3 leaves; the VIP audience never saw anyone.
+    app.segment_event(CART_SEGMENT, "c3", "exited", T0 + 20)
+        .await;
+    assert_eq!(coverage(app.audience(CART).await), (2, 1, 1, 0, 0));
+    assert_eq!(coverage(app.audience(VIP).await), (0, 0, 0, 0, 0));
+    app.stop().await;
+}
+
+/// Every string the README's template renders goes through filters that
+/// Customer.io documents, so no value can break the JSON.
+#[tokio::test]
+async fn the_readme_template_survives_quotes_backslashes_and_control_characters() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("```liquid").unwrap() + "```liquid".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let template = &readme[start..end];
+    let nasty = "a\"b\\c\nd\te\r";
+    let mut body = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        body.push_str(&rest[..open]);
+        let close = open + rest[open..].find("}}").unwrap();
+        let expr = rest[open + 2..close].trim();
+        let mut parts = expr.split('|').map(str::trim);
+        let value = match parts.next().unwrap() {
+            "\"now\"" => chrono::Utc::now().timestamp().to_string(),
+            "campaign.id" => "7".into(),
+            "customer.id" => format!("u-{nasty}"),
+            "customer.cio_id" => nasty.into(),
+            "customer.email" => format!("x{nasty}@example.com"),
+            "customer.phone" => format!("+1415555{nasty}0123"),
+            "customer.first_name" | "customer.last_name" => nasty.into(),
+            other => panic!("the test does not know {other}"),
+        };
+        // Apply the filters the way Liquid does.
+        let mut value = value;
+        for filter in parts {
+            if filter == "strip_newlines" {
+                value = value.replace(['\n', '\r'], "");
+            } else if let Some(args) = filter.strip_prefix("replace:") {
+                let args: Vec<&str> = args
+                    .split(',')
+                    .map(|a| a.trim().trim_matches('\''))
+                    .collect();
+                value = value.replace(args[0], args[1]);
+            } else if filter.starts_with("date:") {
+            } else {
+                panic!("the test does not know the filter {filter}");
+            }
+        }
+        body.push_str(&value);
+        rest = &rest[close + 2..];
+    }
+    body.push_str(rest);
+    let body = body.replace(
+        "\"segment_id\": 42",
+        &format!("\"segment_id\": {CART_SEGMENT}"),
+    );
+    let app = TestApp::start().await;
+    let r = app
+        .post_signed(
+            "/webhooks/customerio/segments",
+            WEBHOOK_KEY,
+            body.as_bytes(),
+        )
+        .await;
+    let status = r.status();
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{answer}\n{body}");
+    assert_eq!(answer["status"], "accepted", "{answer}");
+    app.stop().await;
+}
