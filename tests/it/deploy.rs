@@ -199,6 +199,9 @@ fn every_alert_has_a_severity_and_a_summary() {
     }
 }
 
+/// A series (by name and labels) and the least value it must reach.
+type Wanted = (&'static str, &'static [(&'static str, &'static str)], f64);
+
 fn config(meta: &FakeMeta, down: &FakeMeta, api: &FakeAppApi) -> String {
     let cio = format!(
         "app_api_key = \"{FAKE_APP_API_KEY}\"\napp_api_base_url = \"{}\"\napp_api_max_attempts = 1\n",
@@ -309,7 +312,7 @@ async fn every_metric_the_dashboard_and_the_rules_reference_is_exported() {
     assert_eq!(status, 200);
 
     // What the rest of the traffic must have caused before the scrape.
-    let wanted: &[(&str, &[(&str, &str)], f64)] = &[
+    let wanted: &[Wanted] = &[
         ("koala_destination_invalid_entries_total", &[], 1.0),
         ("koala_destination_unmatched_total", &[], 1.0),
         (
