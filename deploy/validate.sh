@@ -47,7 +47,36 @@ trap 'rm -rf "$WORK"' EXIT
 
 say "Dockerfile: hadolint $("$TOOLS/bin/hadolint" --version | head -n1)"
 "$TOOLS/bin/hadolint" deploy/Dockerfile
-echo "deploy/Dockerfile: ok"
+"$PY" - <<'EOF'
+# Every COPY source of the build stage exists and .dockerignore keeps it in
+# the build context (the context is the repository root).
+import fnmatch, os, re, sys
+patterns = [l.strip() for l in open(".dockerignore") if l.strip() and not l.startswith("#")]
+def ignored(path):
+    verdict = False
+    for p in patterns:
+        negate = p.startswith("!")
+        p = p.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        if any(fnmatch.fnmatch("/".join(parts[:i]), p) for i in range(1, len(parts) + 1)):
+            verdict = not negate
+    return verdict
+problems = []
+for line in open("deploy/Dockerfile"):
+    m = re.match(r"\s*COPY\s+(.*)", line)
+    if not m or "--from=" in line:
+        continue
+    args = [a for a in m.group(1).split() if not a.startswith("--")]
+    for source in args[:-1]:
+        source = source.rstrip("/")
+        if not os.path.exists(source):
+            problems.append(f"COPY {source}: not in the repository")
+        elif ignored(source):
+            problems.append(f"COPY {source}: excluded by .dockerignore")
+if problems:
+    sys.exit("\n".join(problems))
+EOF
+echo "deploy/Dockerfile: ok (hadolint; COPY sources exist and are in the build context)"
 
 say "Compose: Compose Specification schema, mounted files"
 "$TOOLS/bin/check-jsonschema" --builtin-schema vendor.compose-spec deploy/compose.yaml
