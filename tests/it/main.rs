@@ -8,6 +8,7 @@ mod app_api_client;
 mod config_and_cli;
 mod crash;
 mod delivery;
+mod deploy;
 mod ingest;
 mod keep_alive;
 mod meta_fake_contract;
