@@ -304,6 +304,12 @@ async fn every_metric_the_dashboard_and_the_rules_reference_is_exported() {
             "occurred_at": now, "identifiers": {"phone": "+15551234567"}}))
         .await;
     assert_eq!(status, 200);
+    // A phone without its country code: accepted, noted as unusable.
+    let (status, _) = app
+        .segment_webhook(&json!({"segment_id": CART_SEGMENT, "action": "entered",
+            "occurred_at": now, "identifiers": {"id": "u-national", "phone": "5551234567"}}))
+        .await;
+    assert_eq!(status, 200);
     // An exit after the add, so a remove is sent too.
     let (status, _) = app
         .segment_event(CART_SEGMENT, "u2", "exited", now + 1)
