@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::full_jitter;
 use super::engine::Control;
-use crate::audiences::Catalog;
-use crate::destinations::{SendOutcome, UNMATCHED};
-use crate::store::{now_ms, Store, WorkBatch};
+use crate::audiences::{AudienceDef, Catalog};
+use crate::destinations::{SendOutcome, SendTarget, UNMATCHED};
+use crate::store::{now_ms, PersonRecord, Store, SyncOp, WorkBatch, WorkItem};
 
 /// How long a claimed batch stays leased; longer than any request.
 const LEASE: Duration = Duration::from_secs(300);
@@ -25,6 +26,8 @@ pub(super) struct Dispatcher {
     /// koala audience id → platform audience id (configured or created).
     pub audience_ids: Arc<tokio::sync::Mutex<HashMap<i64, String>>>,
     pub grace: Duration,
+    /// The destination's request rate; every request takes a token.
+    pub limiter: Arc<DefaultDirectRateLimiter>,
 }
 
 impl Dispatcher {
@@ -36,7 +39,7 @@ impl Dispatcher {
         let limits = self.control.destination().limits();
         let name = self.control.destination().name().to_owned();
         let permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-        let limiter = Arc::new(rate_limiter(limits.requests_per_second));
+        let limiter = self.limiter.clone();
         // Retries come due without a wake-up; look for them this often.
         let idle_poll = Duration::from_millis(500);
         let this = Arc::new(self);
@@ -46,9 +49,19 @@ impl Dispatcher {
             if this.cancel.is_cancelled() {
                 break;
             }
-            if this.control.snapshot().paused {
+            let status = this.control.snapshot();
+            if status.paused {
+                // A pause with a known end (a daily quota) lifts by itself.
+                let wait = status
+                    .resume_at
+                    .map(|t| Duration::from_millis((t - now_ms()).max(0) as u64))
+                    .unwrap_or(Duration::MAX);
                 tokio::select! {
                     _ = this.control.resumed.notified() => continue,
+                    _ = tokio::time::sleep(wait.min(Duration::from_secs(86_400 * 365))), if status.resume_at.is_some() => {
+                        this.control.resume();
+                        continue;
+                    }
                     _ = this.cancel.cancelled() => break,
                 }
             }
@@ -159,44 +172,115 @@ impl Dispatcher {
         if people.is_empty() {
             return Ok(());
         }
-        let ids: Vec<i64> = people.iter().map(|i| i.sync_id).collect();
-
-        let outcome = match self.platform_audience(batch.audience_id).await {
-            Ok(external) => {
+        let answers = match self.platform_audience(batch.audience_id).await {
+            Ok((audience, external)) => {
+                let target = SendTarget {
+                    audience: &audience,
+                    platform_audience_id: &external,
+                };
                 let records: Vec<_> = people.iter().map(|i| i.person.clone()).collect();
-                metrics::histogram!("koala_destination_batch_size", "destination" => name.to_owned(), "op" => batch.op.as_str())
-                    .record(records.len() as f64);
-                let started = Instant::now();
-                let outcome = dest.send(&external, batch.op, &records).await;
-                metrics::histogram!("koala_destination_request_seconds", "destination" => name.to_owned(), "outcome" => outcome.class())
-                    .record(started.elapsed().as_secs_f64());
-                outcome
+                self.send_finding_bad_rows(dest.as_ref(), &target, batch.op, &records)
+                    .await
             }
-            Err(outcome) => outcome,
+            Err(outcome) => vec![(0..people.len(), outcome)],
         };
-        metrics::counter!("koala_destination_requests_total", "destination" => name.to_owned(), "op" => batch.op.as_str(), "outcome" => outcome.class())
-            .increment(1);
+        for (range, outcome) in answers {
+            self.record(batch, &people[range], outcome).await?;
+        }
+        Ok(())
+    }
 
+    /// Sends the batch; when the platform refuses it as a whole, sends the
+    /// halves (each within the rate limit) until the rows it refuses are
+    /// found alone, so one bad row never dead-letters its neighbours.
+    /// Returns each part's answer.
+    async fn send_finding_bad_rows(
+        &self,
+        dest: &dyn crate::destinations::Destination,
+        target: &SendTarget<'_>,
+        op: SyncOp,
+        people: &[PersonRecord],
+    ) -> Vec<(Range<usize>, SendOutcome)> {
+        let name = dest.name().to_owned();
+        let mut parts: Vec<Range<usize>> = Vec::from([0..people.len()]);
+        let mut answers = Vec::new();
+        let mut first = true;
+        while let Some(range) = parts.pop() {
+            if !first {
+                self.limiter.until_ready().await;
+            }
+            first = false;
+            metrics::histogram!("koala_destination_batch_size", "destination" => name.clone(), "op" => op.as_str())
+                .record(range.len() as f64);
+            let started = Instant::now();
+            let outcome = dest.send(target, op, &people[range.clone()]).await;
+            metrics::histogram!("koala_destination_request_seconds", "destination" => name.clone(), "outcome" => outcome.class())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("koala_destination_requests_total", "destination" => name.clone(), "op" => op.as_str(), "outcome" => outcome.class())
+                .increment(1);
+            match outcome {
+                SendOutcome::Permanent { reason } if range.len() > 1 => {
+                    let mid = range.start + range.len() / 2;
+                    tracing::warn!(destination = %name, rows = range.len(), %reason, "batch refused as a whole; sending its halves to find the bad rows");
+                    metrics::counter!("koala_destination_batch_splits_total", "destination" => name.clone())
+                        .increment(1);
+                    parts.push(mid..range.end);
+                    parts.push(range.start..mid);
+                }
+                outcome => answers.push((range, outcome)),
+            }
+        }
+        answers
+    }
+
+    /// Records one answer for the rows it covers.
+    async fn record(
+        &self,
+        batch: &WorkBatch,
+        items: &[&WorkItem],
+        outcome: SendOutcome,
+    ) -> Result<(), crate::store::StoreError> {
+        let name = batch.destination.as_str();
+        let ids: Vec<i64> = items.iter().map(|i| i.sync_id).collect();
         let now = now_ms();
         match outcome {
             SendOutcome::Success { invalid, .. } => {
-                self.store.ack_work(batch, &ids, now).await?;
                 if invalid > 0 {
                     metrics::counter!("koala_destination_invalid_entries_total", "destination" => name.to_owned())
                         .increment(invalid as u64);
                 }
-                for item in &people {
-                    metrics::histogram!("koala_delivery_event_to_ack_seconds", "destination" => name.to_owned())
-                        .record((now - item.desired_at).max(0) as f64 / 1000.0);
-                    metrics::histogram!("koala_delivery_receipt_to_ack_seconds", "destination" => name.to_owned())
-                        .record((now - item.desired_received_at).max(0) as f64 / 1000.0);
+                self.acknowledged(batch, items, now).await?;
+            }
+            SendOutcome::PartlyRefused { refused } => {
+                let refused_ids: Vec<i64> = refused
+                    .iter()
+                    .filter_map(|r| items.get(r.index).map(|i| i.sync_id))
+                    .collect();
+                let stored: Vec<&WorkItem> = items
+                    .iter()
+                    .filter(|i| !refused_ids.contains(&i.sync_id))
+                    .copied()
+                    .collect();
+                self.acknowledged(batch, &stored, now).await?;
+                for r in &refused {
+                    if let Some(item) = items.get(r.index) {
+                        self.store
+                            .dead_letter_work(&[item.sync_id], &r.reason, now)
+                            .await?;
+                    }
                 }
-                let mut s = self.control.status.lock().expect("status lock");
-                s.last_success_at = Some(now);
+                metrics::counter!("koala_destination_invalid_entries_total", "destination" => name.to_owned())
+                    .increment(refused_ids.len() as u64);
+                metrics::counter!("koala_dead_letters_total", "destination" => name.to_owned())
+                    .increment(refused_ids.len() as u64);
+                if let Some(first) = refused.first() {
+                    tracing::warn!(destination = name, rows = refused_ids.len(), reason = %first.reason, "rows refused by the platform dead-lettered; the rest acknowledged");
+                    self.note_error(&first.reason, now);
+                }
             }
             SendOutcome::RetryLater { after, reason } => {
-                let limits = dest.limits();
-                let attempts = people.iter().map(|i| i.attempts).max().unwrap_or(0);
+                let limits = self.control.destination().limits();
+                let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0);
                 let delay = after.unwrap_or_else(|| {
                     full_jitter(attempts, limits.base_backoff, limits.max_backoff)
                 });
@@ -216,18 +300,57 @@ impl Dispatcher {
                 self.note_error(&reason, now);
             }
             SendOutcome::DestinationDown { reason } => {
-                // Keep the work; it is due again as soon as someone resumes.
-                self.store.retry_work(&ids, now, &reason).await?;
-                tracing::error!(destination = name, %reason, "destination paused");
-                self.note_error(&reason, now);
-                let mut s = self.control.status.lock().expect("status lock");
-                s.paused = true;
-                s.paused_reason = Some(reason);
-                s.paused_at = Some(now);
-                metrics::gauge!("koala_destination_paused", "destination" => name.to_owned())
-                    .set(1.0);
+                self.pause(&ids, reason, None, now).await?;
+            }
+            SendOutcome::PausedUntil { until_ms, reason } => {
+                self.pause(&ids, reason, Some(until_ms), now).await?;
             }
         }
+        Ok(())
+    }
+
+    async fn acknowledged(
+        &self,
+        batch: &WorkBatch,
+        items: &[&WorkItem],
+        now: i64,
+    ) -> Result<(), crate::store::StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let name = batch.destination.as_str();
+        let ids: Vec<i64> = items.iter().map(|i| i.sync_id).collect();
+        self.store.ack_work(batch, &ids, now).await?;
+        for item in items {
+            metrics::histogram!("koala_delivery_event_to_ack_seconds", "destination" => name.to_owned())
+                .record((now - item.desired_at).max(0) as f64 / 1000.0);
+            metrics::histogram!("koala_delivery_receipt_to_ack_seconds", "destination" => name.to_owned())
+                .record((now - item.desired_received_at).max(0) as f64 / 1000.0);
+        }
+        let mut s = self.control.status.lock().expect("status lock");
+        s.last_success_at = Some(now);
+        Ok(())
+    }
+
+    /// Keeps the rows' work (due again as soon as the destination resumes)
+    /// and pauses the destination, until someone acts or until `until`.
+    async fn pause(
+        &self,
+        ids: &[i64],
+        reason: String,
+        until: Option<i64>,
+        now: i64,
+    ) -> Result<(), crate::store::StoreError> {
+        let name = self.control.destination().name().to_owned();
+        self.store.retry_work(ids, now, &reason).await?;
+        tracing::error!(destination = %name, %reason, resume_at = ?until, "destination paused");
+        self.note_error(&reason, now);
+        let mut s = self.control.status.lock().expect("status lock");
+        s.paused = true;
+        s.paused_reason = Some(reason);
+        s.paused_at = Some(now);
+        s.resume_at = until;
+        metrics::gauge!("koala_destination_paused", "destination" => name).set(1.0);
         Ok(())
     }
 
@@ -237,13 +360,23 @@ impl Dispatcher {
         s.last_error_at = Some(now);
     }
 
-    /// The platform audience for a koala audience: configured, recorded
-    /// from an earlier run, or created now (once; the id is recorded before
+    /// The audience and its platform id: configured, recorded from an
+    /// earlier run, or created now (once; the id is recorded before
     /// anything is sent to it, so a restart reuses it).
-    async fn platform_audience(&self, audience_id: i64) -> Result<String, SendOutcome> {
+    async fn platform_audience(
+        &self,
+        audience_id: i64,
+    ) -> Result<(Arc<AudienceDef>, String), SendOutcome> {
+        let audience =
+            self.catalog
+                .by_id(audience_id)
+                .cloned()
+                .ok_or_else(|| SendOutcome::Permanent {
+                    reason: format!("audience {audience_id} is no longer configured"),
+                })?;
         let mut ids = self.audience_ids.lock().await;
         if let Some(id) = ids.get(&audience_id) {
-            return Ok(id.clone());
+            return Ok((audience, id.clone()));
         }
         let destination = self.control.destination();
         let name = destination.name();
@@ -258,15 +391,8 @@ impl Dispatcher {
             .map_err(store_err)?
         {
             ids.insert(audience_id, id.clone());
-            return Ok(id);
+            return Ok((audience, id));
         }
-        let audience =
-            self.catalog
-                .by_id(audience_id)
-                .cloned()
-                .ok_or_else(|| SendOutcome::Permanent {
-                    reason: format!("audience {audience_id} is no longer configured"),
-                })?;
         let id = destination.create_audience(&audience).await?;
         self.store
             .record_destination_audience(name, audience_id, &id, now_ms())
@@ -274,11 +400,11 @@ impl Dispatcher {
             .map_err(store_err)?;
         tracing::info!(destination = name, audience = %audience.name, platform_audience_id = %id, "created platform audience");
         ids.insert(audience_id, id.clone());
-        Ok(id)
+        Ok((audience, id))
     }
 }
 
-fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
+pub(super) fn rate_limiter(per_second: f64) -> DefaultDirectRateLimiter {
     let per_second = if per_second.is_finite() && per_second > 0.0 {
         per_second
     } else {

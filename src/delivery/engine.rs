@@ -18,6 +18,8 @@ pub struct DestinationStatus {
     pub paused: bool,
     pub paused_reason: Option<String>,
     pub paused_at: Option<i64>,
+    /// A pause that lifts by itself (a daily quota's reset), ms.
+    pub resume_at: Option<i64>,
     pub last_success_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
@@ -49,6 +51,23 @@ impl Control {
 
     pub fn destination(&self) -> Arc<dyn Destination> {
         self.destination.read().expect("destination lock").clone()
+    }
+
+    /// Lifts a pause; true when the destination was paused.
+    pub fn resume(&self) -> bool {
+        let was = {
+            let mut s = self.status.lock().expect("status lock");
+            let was = s.paused;
+            s.paused = false;
+            s.paused_reason = None;
+            s.paused_at = None;
+            s.resume_at = None;
+            was
+        };
+        let name = self.destination().name().to_owned();
+        metrics::gauge!("koala_destination_paused", "destination" => name).set(0.0);
+        self.resumed.notify_waiters();
+        was
     }
 
     /// `rows` more (or, negative, fewer) rows of `audience_id` in flight.
@@ -110,6 +129,9 @@ impl Engine {
                 cancel: cancel.clone(),
                 audience_ids: Arc::new(tokio::sync::Mutex::new(audience_ids)),
                 grace,
+                limiter: Arc::new(super::dispatcher::rate_limiter(
+                    destination.limits().requests_per_second,
+                )),
             };
             tasks.spawn(dispatcher.run());
             controls.insert(name, control);
@@ -165,15 +187,7 @@ impl Engine {
         let Some(control) = self.controls.get(destination) else {
             return false;
         };
-        {
-            let mut s = control.status.lock().expect("status lock");
-            s.paused = false;
-            s.paused_reason = None;
-            s.paused_at = None;
-        }
-        metrics::gauge!("koala_destination_paused", "destination" => destination.to_owned())
-            .set(0.0);
-        control.resumed.notify_waiters();
+        control.resume();
         self.wakers.wake(destination);
         true
     }

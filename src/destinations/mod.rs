@@ -31,12 +31,34 @@ pub struct Limits {
     pub base_backoff: Duration,
 }
 
+/// One row of a batch the platform refused on its own (the rest were
+/// stored): `index` is its position in the `people` slice sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedRow {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// What a batch is sent for.
+#[derive(Debug, Clone, Copy)]
+pub struct SendTarget<'a> {
+    /// koala's audience (its name, segment and mode).
+    pub audience: &'a AudienceDef,
+    /// The platform's id for that audience (configured, recorded or created).
+    pub platform_audience_id: &'a str,
+}
+
 /// How a destination answered a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendOutcome {
     /// Stored by the destination. `invalid` rows were refused by it as
-    /// unusable (counted, not retried).
+    /// unusable without saying which (Meta's `num_invalid_entries`):
+    /// counted, not retried.
     Success { received: usize, invalid: usize },
+    /// Stored, except the rows listed, which the platform refused one by
+    /// one: each is dead-lettered alone with its reason, the rest are
+    /// acknowledged.
+    PartlyRefused { refused: Vec<RefusedRow> },
     /// Throttled or a passing failure: try the same rows again later,
     /// after `after` when the platform said how long.
     RetryLater {
@@ -48,15 +70,21 @@ pub enum SendOutcome {
     /// Nothing will succeed until someone acts (expired token, missing
     /// permission): pause the destination, keep its work.
     DestinationDown { reason: String },
+    /// Nothing will succeed before `until_ms` (a daily quota spent): pause
+    /// the destination until then, keep its work, resume by itself.
+    PausedUntil { until_ms: i64, reason: String },
 }
 
 impl SendOutcome {
     pub fn class(&self) -> &'static str {
         match self {
             SendOutcome::Success { .. } => "success",
+            SendOutcome::PartlyRefused { .. } => "partly_refused",
             SendOutcome::RetryLater { .. } => "retry",
             SendOutcome::Permanent { .. } => "permanent",
-            SendOutcome::DestinationDown { .. } => "destination_down",
+            SendOutcome::DestinationDown { .. } | SendOutcome::PausedUntil { .. } => {
+                "destination_down"
+            }
         }
     }
 }
@@ -97,11 +125,29 @@ pub trait Destination: Send + Sync + 'static {
     }
 
     /// Creates the platform-side audience for `audience`; returns its id.
-    /// Called only when no id is configured or recorded.
-    async fn create_audience(&self, audience: &AudienceDef) -> Result<String, SendOutcome>;
+    /// Called only when no id is configured or recorded. A destination
+    /// that cannot create audiences keeps this default, which pauses it
+    /// with a reason naming the missing setting.
+    async fn create_audience(&self, audience: &AudienceDef) -> Result<String, SendOutcome> {
+        Err(SendOutcome::DestinationDown {
+            reason: format!(
+                "destination {:?} cannot create audiences: set audience_id in audience {:?}'s sync entry",
+                self.name(),
+                audience.name
+            ),
+        })
+    }
 
-    /// Sends one batch of addressable people to the platform audience.
-    async fn send(&self, audience_id: &str, op: SyncOp, people: &[PersonRecord]) -> SendOutcome;
+    /// Sends one batch of addressable people (at most
+    /// `limits().max_batch`) for `target`. A batch the platform refuses as
+    /// a whole ([`SendOutcome::Permanent`]) is split by the engine and the
+    /// halves sent again, until the bad rows are found alone.
+    async fn send(
+        &self,
+        target: &SendTarget<'_>,
+        op: SyncOp,
+        people: &[PersonRecord],
+    ) -> SendOutcome;
 
     /// True when the destination can replace an audience's whole
     /// membership in one session ([`Destination::send_replace`]).

@@ -487,13 +487,28 @@ impl Run {
                     other => break other,
                 }
             };
+            let refused: Vec<usize> = match &outcome {
+                SendOutcome::PartlyRefused { refused } => refused.iter().map(|r| r.index).collect(),
+                _ => Vec::new(),
+            };
             match outcome {
-                SendOutcome::Success { invalid, .. } => {
+                SendOutcome::Success { .. } | SendOutcome::PartlyRefused { .. } => {
+                    let invalid = match outcome {
+                        SendOutcome::Success { invalid, .. } => invalid,
+                        _ => refused.len(),
+                    };
                     if invalid > 0 {
                         metrics::counter!("koala_destination_invalid_entries_total", "destination" => name.clone())
                             .increment(invalid as u64);
                     }
-                    let ids: Vec<i64> = current.iter().map(|p| p.person_id).collect();
+                    // Rows the platform refused are not in the replaced
+                    // audience; the normal path sends them again.
+                    let ids: Vec<i64> = current
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !refused.contains(i))
+                        .map(|(_, p)| p.person_id)
+                        .collect();
                     if let Err(e) = self
                         .store
                         .mark_replaced(&name, audience.id, &ids, now_ms())
@@ -512,7 +527,9 @@ impl Run {
                     );
                     return Err(self.abandon(&name, started_at, e).await);
                 }
-                SendOutcome::Permanent { reason } | SendOutcome::DestinationDown { reason } => {
+                SendOutcome::Permanent { reason }
+                | SendOutcome::DestinationDown { reason }
+                | SendOutcome::PausedUntil { reason, .. } => {
                     let e = format!("batch {batch_seq} refused: {reason}");
                     return Err(self.abandon(&name, started_at, e).await);
                 }

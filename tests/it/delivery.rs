@@ -523,3 +523,40 @@ async fn pending_gauges_are_current_at_scrape_time() {
     assert_eq!(d["pending_adds"], 3, "{d}");
     app.stop().await;
 }
+
+/// Meta refuses a whole batch (code 100) for one malformed row; the engine
+/// sends the halves until the row is found alone, so only it is
+/// dead-lettered and everyone else reaches the audience.
+#[tokio::test]
+async fn a_batch_refused_as_a_whole_is_split_until_only_the_bad_row_is_dead_lettered() {
+    let fake = FakeMeta::start().await;
+    fake.poison_row("p5");
+    let app = TestApp::start_with(&config(&fake, "", "mirror")).await;
+    bulk_changes(&app, 0..12, SegmentAction::Entered, T0).await;
+    let mut want = ids(0..12);
+    want.remove("p5");
+    until("everyone but p5 added", LONG, || async {
+        fake.members(AUD) == want
+    })
+    .await;
+    until("p5 dead-lettered", LONG, || async {
+        app.audience(CART).await["destinations"][0]["dead_letters"] == 1
+    })
+    .await;
+    let (_, dead) = app.admin_get("/v1/dead-letters").await;
+    let dead = dead["dead_letters"].as_array().unwrap().clone();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["customer_id"], "p5");
+    let d = &app.audience(CART).await["destinations"][0];
+    assert_eq!(d["acknowledged_members"], 11, "{d}");
+    assert_eq!(d["pending_adds"], 0, "{d}");
+    let m = app.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            "koala_destination_batch_splits_total",
+            &[("destination", "meta")]
+        ) >= 1.0
+    );
+    app.stop().await;
+}

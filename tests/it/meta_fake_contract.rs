@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use koala::audiences::AudienceDef;
 use koala::config::Secret;
 use koala::destinations::meta::{MetaConfig, MetaDestination};
-use koala::destinations::{Destination, SendOutcome};
+use koala::destinations::{Destination, SendOutcome, SendTarget};
 use koala::store::{PersonRecord, SyncOp};
 use serde_json::{json, Value};
 
@@ -23,6 +23,31 @@ fn destination_with(fake: &FakeMeta, edit: impl FnOnce(&mut MetaConfig)) -> Meta
     c.ad_account_id = Some("act_1234567890".into());
     edit(&mut c);
     MetaDestination::new(c).unwrap()
+}
+
+/// Sends for a koala audience synced to the platform audience AUDIENCE.
+async fn send(d: &MetaDestination, op: SyncOp, people: &[PersonRecord]) -> SendOutcome {
+    send_to(d, AUDIENCE, op, people).await
+}
+
+async fn send_to(
+    d: &MetaDestination,
+    platform_audience_id: &str,
+    op: SyncOp,
+    people: &[PersonRecord],
+) -> SendOutcome {
+    let def = AudienceDef {
+        id: 1,
+        name: "CIO__Test".into(),
+        segment_id: 42,
+        mode: Default::default(),
+        destinations: vec!["meta".into()],
+    };
+    let target = SendTarget {
+        audience: &def,
+        platform_audience_id,
+    };
+    d.send(&target, op, people).await
 }
 
 fn destination(fake: &FakeMeta) -> MetaDestination {
@@ -158,9 +183,7 @@ async fn fake_applies_latency_and_scripted_replies_in_order() {
 #[tokio::test]
 async fn add_records_members_by_extern_id_or_hash() {
     let fake = FakeMeta::start().await;
-    let out = destination(&fake)
-        .send(AUDIENCE, SyncOp::Add, &people())
-        .await;
+    let out = send(&destination(&fake), SyncOp::Add, &people()).await;
     assert_eq!(
         out,
         SendOutcome::Success {
@@ -188,8 +211,8 @@ async fn add_records_members_by_extern_id_or_hash() {
 async fn remove_takes_members_out() {
     let fake = FakeMeta::start().await;
     let d = destination(&fake);
-    d.send(AUDIENCE, SyncOp::Add, &people()).await;
-    let out = d.send(AUDIENCE, SyncOp::Remove, &people()[..2]).await;
+    send(&d, SyncOp::Add, &people()).await;
+    let out = send(&d, SyncOp::Remove, &people()[..2]).await;
     assert_eq!(
         out,
         SendOutcome::Success {
@@ -206,7 +229,7 @@ async fn unaddressable_people_are_left_out_and_counted_invalid() {
     let fake = FakeMeta::start().await;
     let mut batch = people();
     batch.push(person(None, None, None));
-    let out = destination(&fake).send(AUDIENCE, SyncOp::Add, &batch).await;
+    let out = send(&destination(&fake), SyncOp::Add, &batch).await;
     assert_eq!(
         out,
         SendOutcome::Success {
@@ -224,7 +247,7 @@ async fn throttles_are_retried_later_with_retry_after_when_given() {
     fake.push_response(ScriptedResponse::throttle());
     fake.push_response(ScriptedResponse::ad_account_throttle().with_retry_after(30));
     fake.push_response(ScriptedResponse::too_many_requests().with_retry_after(5));
-    let first = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let first = send(&d, SyncOp::Add, &people()).await;
     assert_eq!(
         first,
         SendOutcome::RetryLater {
@@ -232,21 +255,18 @@ async fn throttles_are_retried_later_with_retry_after_when_given() {
             reason: "meta error 17/2446079: User request limit reached".into()
         }
     );
-    let second = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let second = send(&d, SyncOp::Add, &people()).await;
     assert!(
         matches!(second, SendOutcome::RetryLater { after: Some(a), .. } if a == Duration::from_secs(30)),
         "{second:?}"
     );
-    let third = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let third = send(&d, SyncOp::Add, &people()).await;
     assert!(
         matches!(third, SendOutcome::RetryLater { after: Some(a), .. } if a == Duration::from_secs(5)),
         "{third:?}"
     );
     assert!(fake.members(AUDIENCE).is_empty());
-    assert_eq!(
-        d.send(AUDIENCE, SyncOp::Add, &people()).await.class(),
-        "success"
-    );
+    assert_eq!(send(&d, SyncOp::Add, &people()).await.class(), "success");
 }
 
 #[tokio::test]
@@ -254,7 +274,7 @@ async fn token_errors_take_the_destination_down() {
     let fake = FakeMeta::start().await;
     let d = destination(&fake);
     fake.push_response(ScriptedResponse::expired_token());
-    let out = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let out = send(&d, SyncOp::Add, &people()).await;
     assert_eq!(
         out,
         SendOutcome::DestinationDown {
@@ -263,7 +283,7 @@ async fn token_errors_take_the_destination_down() {
         }
     );
     fake.set_token("a-rotated-token");
-    let out = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let out = send(&d, SyncOp::Add, &people()).await;
     assert_eq!(out.class(), "destination_down", "{out:?}");
 }
 
@@ -273,14 +293,14 @@ async fn invalid_parameters_and_flagged_audiences_are_permanent() {
     let d = destination(&fake);
     fake.push_response(ScriptedResponse::invalid_parameter());
     fake.push_response(ScriptedResponse::flagged_audience());
-    let out = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let out = send(&d, SyncOp::Add, &people()).await;
     assert_eq!(
         out,
         SendOutcome::Permanent {
             reason: "meta error 100: Invalid parameter".into()
         }
     );
-    let out = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let out = send(&d, SyncOp::Add, &people()).await;
     assert_eq!(
         out,
         SendOutcome::Permanent {
@@ -294,7 +314,7 @@ async fn server_errors_and_timeouts_are_retried_later() {
     let fake = FakeMeta::start().await;
     let d = destination_with(&fake, |c| c.request_timeout = Duration::from_millis(200));
     fake.push_response(ScriptedResponse::server_error());
-    let out = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let out = send(&d, SyncOp::Add, &people()).await;
     assert_eq!(
         out,
         SendOutcome::RetryLater {
@@ -304,7 +324,7 @@ async fn server_errors_and_timeouts_are_retried_later() {
     );
     fake.push_response(ScriptedResponse::delay(Duration::from_secs(2)));
     let start = Instant::now();
-    let out = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let out = send(&d, SyncOp::Add, &people()).await;
     assert!(start.elapsed() < Duration::from_secs(2));
     match out {
         SendOutcome::RetryLater {
@@ -328,7 +348,7 @@ async fn an_unreachable_meta_is_retried_later() {
     let mut c = MetaConfig::new("meta", Secret::new(FAKE_META_TOKEN));
     c.base_url = format!("http://127.0.0.1:{port}");
     let d = MetaDestination::new(c).unwrap();
-    let out = d.send(AUDIENCE, SyncOp::Add, &people()).await;
+    let out = send(&d, SyncOp::Add, &people()).await;
     match out {
         SendOutcome::RetryLater {
             after: None,
@@ -348,22 +368,16 @@ async fn a_rejected_audience_fails_until_cleared_and_others_are_untouched() {
     let fake = FakeMeta::start().await;
     let d = destination(&fake);
     fake.reject_audience(AUDIENCE, 613);
+    assert_eq!(send(&d, SyncOp::Add, &people()).await.class(), "retry");
     assert_eq!(
-        d.send(AUDIENCE, SyncOp::Add, &people()).await.class(),
-        "retry"
-    );
-    assert_eq!(
-        d.send("111", SyncOp::Add, &people()).await.class(),
+        send_to(&d, "111", SyncOp::Add, &people()).await.class(),
         "success"
     );
     fake.clear_rejections();
-    assert_eq!(
-        d.send(AUDIENCE, SyncOp::Add, &people()).await.class(),
-        "success"
-    );
+    assert_eq!(send(&d, SyncOp::Add, &people()).await.class(), "success");
     fake.reject_all(200);
     assert_eq!(
-        d.send("111", SyncOp::Add, &people()).await.class(),
+        send_to(&d, "111", SyncOp::Add, &people()).await.class(),
         "destination_down"
     );
 }
@@ -393,7 +407,10 @@ async fn create_audience_makes_one_and_members_can_be_added_to_it() {
         created[0].customer_file_source.as_deref(),
         Some("USER_PROVIDED_ONLY")
     );
-    assert_eq!(d.send(&id, SyncOp::Add, &people()).await.class(), "success");
+    assert_eq!(
+        send_to(&d, &id, SyncOp::Add, &people()).await.class(),
+        "success"
+    );
     assert_eq!(fake.members(&id).len(), 3);
 
     fake.reject_all(17);

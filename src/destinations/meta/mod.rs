@@ -16,7 +16,7 @@ pub use encoder::{Encoder, Payload};
 pub use request::{Endpoints, MetaRequest};
 pub use service::Service;
 
-use super::{Destination, Limits, ReplaceSession, SendOutcome, UNMATCHED};
+use super::{Destination, Limits, ReplaceSession, SendOutcome, SendTarget, UNMATCHED};
 use crate::audiences::AudienceDef;
 use crate::store::{PersonRecord, SyncOp};
 
@@ -110,7 +110,13 @@ impl Destination for MetaDestination {
     /// invalid. A batch over Meta's 10,000-row limit goes in several
     /// requests; add and remove are idempotent, so a failure part-way is
     /// safe to retry whole.
-    async fn send(&self, audience_id: &str, op: SyncOp, people: &[PersonRecord]) -> SendOutcome {
+    async fn send(
+        &self,
+        target: &SendTarget<'_>,
+        op: SyncOp,
+        people: &[PersonRecord],
+    ) -> SendOutcome {
+        let audience_id = target.platform_audience_id;
         let (mut received, mut invalid, mut sent) = (0, 0, 0);
         for chunk in people.chunks(MAX_ROWS_PER_REQUEST) {
             let (payload, skipped) = self.encoder.payload(chunk);
@@ -235,7 +241,14 @@ mod tests {
         // Nothing listens here: a request would come back as a retry.
         c.base_url = "http://127.0.0.1:9".into();
         let d = MetaDestination::new(c).unwrap();
-        let out = d.send("1", SyncOp::Add, &[PersonRecord::default()]).await;
+        let def = audience_def();
+        let target = SendTarget {
+            audience: &def,
+            platform_audience_id: "1",
+        };
+        let out = d
+            .send(&target, SyncOp::Add, &[PersonRecord::default()])
+            .await;
         assert_eq!(
             out,
             SendOutcome::Permanent {
@@ -243,7 +256,7 @@ mod tests {
             }
         );
         assert_eq!(
-            d.send("1", SyncOp::Add, &[]).await,
+            d.send(&target, SyncOp::Add, &[]).await,
             SendOutcome::Success {
                 received: 0,
                 invalid: 0
@@ -277,16 +290,20 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn create_needs_an_ad_account() {
-        let d = MetaDestination::new(MetaConfig::new("meta", Secret::new("t"))).unwrap();
-        let def = AudienceDef {
+    fn audience_def() -> AudienceDef {
+        AudienceDef {
             id: 1,
             name: "a".into(),
             segment_id: 42,
             mode: Default::default(),
             destinations: vec!["meta".into()],
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn create_needs_an_ad_account() {
+        let d = MetaDestination::new(MetaConfig::new("meta", Secret::new("t"))).unwrap();
+        let def = audience_def();
         assert_eq!(
             d.create_audience(&def).await,
             Err(SendOutcome::DestinationDown {

@@ -184,6 +184,9 @@ struct FakeState {
     reject_all: Option<i64>,
     /// `/users` on these audiences gets this error code while set.
     reject_audience: HashMap<String, i64>,
+    /// A `/users` request holding a row with one of these keys is refused
+    /// whole with code 100, as Meta refuses a batch with a malformed row.
+    poisoned_rows: BTreeSet<String>,
     members: BTreeMap<String, BTreeSet<String>>,
     requests: Vec<RecordedRequest>,
     created: Vec<CreatedAudience>,
@@ -309,6 +312,15 @@ max_backoff = "200ms"
     }
 
     /// Queued: each `/users` or `/usersreplace` request takes the next one.
+    /// Refuses, whole, every `/users` request carrying the row `key`.
+    pub fn poison_row(&self, key: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .poisoned_rows
+            .insert(key.to_owned());
+    }
+
     pub fn push_response(&self, r: ScriptedResponse) {
         self.state().script.push_back(r);
     }
@@ -467,6 +479,15 @@ async fn handle_users(
         Ok(parsed) => parsed,
         Err(message) => return refused(400, 100, None, message),
     };
+    let poisoned = {
+        let s = state.lock().unwrap();
+        rows.iter()
+            .filter_map(|row| row_key(&schema, row))
+            .any(|key| s.poisoned_rows.contains(&key))
+    };
+    if poisoned {
+        return refused(400, 100, None, "(#100) Invalid parameter");
+    }
     if replace {
         let session = match parse_session(session_sent.as_ref()) {
             Ok(session) => session,
