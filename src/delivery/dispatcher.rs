@@ -202,7 +202,8 @@ impl Dispatcher {
         people: &[PersonRecord],
     ) -> Vec<(Range<usize>, SendOutcome)> {
         let name = dest.name().to_owned();
-        let mut parts: Vec<Range<usize>> = Vec::from([0..people.len()]);
+        let mut parts: Vec<Range<usize>> = Vec::new();
+        parts.push(0..people.len());
         let mut answers = Vec::new();
         let mut first = true;
         while let Some(range) = parts.pop() {
