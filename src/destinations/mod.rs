@@ -4,6 +4,9 @@
 //! limits, retries, dead letters and pausing.
 
 pub mod meta;
+mod settings;
+
+pub use settings::{DeliveryOverrides, DeliverySettings};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,25 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::audiences::AudienceDef;
-use crate::config::DestinationConfig;
+use crate::config::{DestinationConfig, DestinationEntry};
 use crate::store::{PersonRecord, SyncOp};
-
-/// The limits the engine enforces for a destination.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most people in one request.
-    pub max_batch: usize,
-    /// Requests in flight at once.
-    pub concurrency: usize,
-    /// Requests per second (the platform's quota).
-    pub requests_per_second: f64,
-    /// Wait at least this long for a batch to fill (0: send at once).
-    pub min_linger: Duration,
-    /// Longest backoff between retries of the same rows.
-    pub max_backoff: Duration,
-    /// First backoff step.
-    pub base_backoff: Duration,
-}
 
 /// One row of a batch the platform refused on its own (the rest were
 /// stored): `index` is its position in the `people` slice sent.
@@ -111,7 +97,9 @@ pub struct ReplaceSession {
 pub trait Destination: Send + Sync + 'static {
     fn name(&self) -> &str;
 
-    fn limits(&self) -> Limits;
+    /// The engine settings (batch size, concurrency, rate, linger,
+    /// timeout, backoff) this destination was built with.
+    fn limits(&self) -> DeliverySettings;
 
     /// True when this person carries at least one identifier the
     /// destination is configured to send.
@@ -171,10 +159,13 @@ pub trait Destination: Send + Sync + 'static {
 }
 
 /// Builds the destination a config entry describes.
-pub fn build(config: &DestinationConfig) -> anyhow::Result<Arc<dyn Destination>> {
-    match config {
-        DestinationConfig::MetaCustomAudiences(c) => {
-            Ok(Arc::new(meta::MetaDestination::new(c.clone())?))
-        }
+pub fn build(entry: &DestinationEntry) -> anyhow::Result<Arc<dyn Destination>> {
+    let (name, delivery) = (entry.name.clone(), entry.delivery());
+    match &entry.platform {
+        DestinationConfig::MetaCustomAudiences(c) => Ok(Arc::new(meta::MetaDestination::new(
+            name,
+            c.clone(),
+            delivery,
+        )?)),
     }
 }
