@@ -62,6 +62,39 @@ pub enum SendOutcome {
 }
 
 impl SendOutcome {
+    /// What an HTTP status alone says, for a platform whose body said
+    /// nothing more specific (each destination refines it with its codes).
+    pub fn from_status(
+        class: crate::outbound::StatusClass,
+        retry_after: Option<Duration>,
+        reason: String,
+    ) -> Self {
+        use crate::outbound::StatusClass;
+        match class {
+            StatusClass::Success | StatusClass::Throttled | StatusClass::Transient => {
+                SendOutcome::RetryLater {
+                    after: retry_after,
+                    reason,
+                }
+            }
+            StatusClass::Unauthorized | StatusClass::Unexpected => {
+                SendOutcome::DestinationDown { reason }
+            }
+            StatusClass::Refused => SendOutcome::Permanent { reason },
+        }
+    }
+
+    /// A request that got no answer: always worth another try.
+    pub fn transport(platform: &str, e: &reqwest::Error) -> Self {
+        SendOutcome::RetryLater {
+            after: None,
+            reason: format!(
+                "{platform} request {}",
+                crate::outbound::describe_transport(e)
+            ),
+        }
+    }
+
     pub fn class(&self) -> &'static str {
         match self {
             SendOutcome::Success { .. } => "success",
