@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::engine::Control;
 use crate::audiences::{AudienceDef, Catalog};
 use crate::backoff::Backoff;
-use crate::destinations::{SendOutcome, SendTarget, UNMATCHED};
+use crate::destinations::{Mapping, SendOutcome, SendTarget, UNMATCHED};
 use crate::store::{now_ms, PersonRecord, Store, SyncOp, WorkBatch, WorkItem};
 
 /// How long a claimed batch stays leased; longer than any request.
@@ -28,6 +28,8 @@ pub(super) struct Dispatcher {
     pub grace: Duration,
     /// The destination's request rate; every request takes a token.
     pub limiter: Arc<DefaultDirectRateLimiter>,
+    /// koala audience id → its attribute mapping at this destination.
+    pub mappings: HashMap<i64, Arc<Mapping>>,
 }
 
 impl Dispatcher {
@@ -174,9 +176,15 @@ impl Dispatcher {
         }
         let answers = match self.platform_audience(batch.audience_id).await {
             Ok((audience, external)) => {
+                let mapping = self
+                    .mappings
+                    .get(&batch.audience_id)
+                    .cloned()
+                    .unwrap_or_default();
                 let target = SendTarget {
                     audience: &audience,
                     platform_audience_id: &external,
+                    mapping: &mapping,
                 };
                 let records: Vec<_> = people.iter().map(|i| i.person.clone()).collect();
                 self.send_finding_bad_rows(dest.as_ref(), &target, batch.op, &records)

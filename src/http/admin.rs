@@ -213,7 +213,7 @@ fn replace_targets(
             .unwrap_or_default()
             .iter()
             .find(|t| t.destination == name);
-        let config = state.config.destinations.iter().find(|d| d.name() == name);
+        let config = state.config.destination(name);
         let (Some(entry), Some(config)) = (entry, config) else {
             return Err(ApiError::BadRequest(format!(
                 "replace: {name:?} is not a destination of audience {audience:?}"
@@ -221,9 +221,13 @@ fn replace_targets(
         };
         let destination = crate::destinations::build(config)
             .map_err(|e| ApiError::Internal(format!("destination {name:?}: {e}")))?;
+        let mapping = config
+            .mapping(&entry.map)
+            .map_err(|e| ApiError::Internal(format!("destination {name:?}: {}", e.join("; "))))?;
         targets.push(ReplaceTarget {
             destination,
             configured_id: entry.audience_id.clone(),
+            mapping,
         });
     }
     Ok(targets)
