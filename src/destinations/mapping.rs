@@ -108,7 +108,7 @@ impl Source {
         }
     }
 
-    fn read<'a>(&self, p: &'a PersonRecord) -> Option<Value> {
+    fn read(&self, p: &PersonRecord) -> Option<Value> {
         let text = |s: &Option<String>| s.clone().map(Value::String);
         match self {
             Source::Attribute(name) => p.attributes.get(name).cloned(),
@@ -144,6 +144,10 @@ pub struct Mapping {
     /// Fingerprint of what is mapped, stored with what was sent.
     hash: String,
 }
+
+/// A value is present but cannot be read as its field's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoercionFailed;
 
 /// A value after coercion.
 #[derive(Debug, Clone, PartialEq)]
@@ -281,16 +285,20 @@ impl Mapping {
         self.fields.iter().map(|f| f.field.as_str())
     }
 
-    /// The coerced value of `field` for a person; `Err` names a value that
-    /// is present but cannot be coerced (count it; the field is left out).
-    pub fn value(&self, field: &str, person: &PersonRecord) -> Result<Option<MappedValue>, ()> {
+    /// The coerced value of `field` for a person; `Err` for a value that is
+    /// present but cannot be coerced (count it; the field is left out).
+    pub fn value(
+        &self,
+        field: &str,
+        person: &PersonRecord,
+    ) -> Result<Option<MappedValue>, CoercionFailed> {
         let Some(f) = self.fields.iter().find(|f| f.field == field) else {
             return Ok(None);
         };
         match f.from.read(person) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(v) => coerce(&v, f.kind).map(Some).ok_or(()),
+            Some(v) => coerce(&v, f.kind).map(Some).ok_or(CoercionFailed),
         }
     }
 
@@ -308,7 +316,7 @@ impl Mapping {
                     out.insert(f.field.clone(), v);
                 }
                 Ok(None) => {}
-                Err(()) => count_failure(destination, &f.field),
+                Err(CoercionFailed) => count_failure(destination, &f.field),
             }
         }
         out
@@ -318,7 +326,7 @@ impl Mapping {
     pub fn text(&self, field: &str, person: &PersonRecord, destination: &str) -> Option<String> {
         match self.value(field, person) {
             Ok(v) => v.map(|v| v.to_text()),
-            Err(()) => {
+            Err(CoercionFailed) => {
                 count_failure(destination, field);
                 None
             }
