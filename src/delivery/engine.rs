@@ -123,15 +123,19 @@ impl Engine {
                         .map(|ext| (a.id, ext.clone()))
                 })
                 .collect();
-            let mappings = catalog
-                .all()
-                .iter()
-                .filter_map(|a| {
-                    mappings
-                        .get(&(name.clone(), a.name.clone()))
-                        .map(|m| (a.id, Arc::new(m.clone())))
-                })
-                .collect();
+            let mut by_audience = HashMap::new();
+            for a in catalog.all() {
+                let Some(m) = mappings.get(&(name.clone(), a.name.clone())) else {
+                    continue;
+                };
+                let requeued = store
+                    .set_mapping(&name, a.id, m.hash(), crate::store::now_ms())
+                    .await?;
+                if requeued > 0 {
+                    tracing::info!(destination = %name, audience = %a.name, members = requeued, "attribute mapping changed: members are sent once more");
+                }
+                by_audience.insert(a.id, Arc::new(m.clone()));
+            }
             let dispatcher = Dispatcher {
                 store: store.clone(),
                 catalog: catalog.clone(),
@@ -143,7 +147,7 @@ impl Engine {
                 limiter: Arc::new(super::dispatcher::rate_limiter(
                     destination.limits().requests_per_second,
                 )),
-                mappings,
+                mappings: by_audience,
             };
             tasks.spawn(dispatcher.run());
             controls.insert(name, control);

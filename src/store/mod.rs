@@ -450,6 +450,19 @@ pub trait Store: Send + Sync + 'static {
 
     async fn pending_summary(&self, destination: &str) -> Result<PendingSummary>;
 
+    /// Records the attribute mapping (its fingerprint) a destination's
+    /// audience is synced with. When it differs from the one recorded,
+    /// every member the destination acknowledged is queued once more, so
+    /// the platform gets the newly mapped fields; returns how many. The
+    /// first mapping recorded re-queues nobody.
+    async fn set_mapping(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        mapping_hash: &str,
+        now_ms: i64,
+    ) -> Result<u64>;
+
     /// The destination's audience id koala created earlier, if any.
     async fn destination_audience(
         &self,

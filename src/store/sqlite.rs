@@ -719,6 +719,53 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn set_mapping(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        mapping_hash: &str,
+        now_ms: i64,
+    ) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        let stored: Option<String> = sqlx::query(
+            "SELECT mapping_hash FROM sync_mappings WHERE destination = $1 AND audience_id = $2",
+        )
+        .bind(destination)
+        .bind(audience_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get(0));
+        if stored.as_deref() == Some(mapping_hash) {
+            return Ok(0);
+        }
+        let requeued = match stored {
+            None => 0,
+            Some(_) => sqlx::query(
+                "UPDATE sync_state SET pending = TRUE, next_attempt_at = 0, attempts = 0
+                 WHERE destination = $1 AND audience_id = $2 AND desired AND acked
+                   AND dead_reason IS NULL AND NOT pending",
+            )
+            .bind(destination)
+            .bind(audience_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+        };
+        sqlx::query(
+            "INSERT INTO sync_mappings (destination, audience_id, mapping_hash, changed_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (destination, audience_id) DO UPDATE SET
+               mapping_hash = excluded.mapping_hash, changed_at = excluded.changed_at",
+        )
+        .bind(destination)
+        .bind(audience_id)
+        .bind(mapping_hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(requeued)
+    }
+
     async fn destination_audience(
         &self,
         destination: &str,

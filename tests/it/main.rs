@@ -11,6 +11,7 @@ mod delivery;
 mod deploy;
 mod ingest;
 mod keep_alive;
+mod mapping;
 mod meta_fake_contract;
 mod openapi;
 mod resync;
