@@ -166,7 +166,7 @@ impl Dispatcher {
             // Nothing to send for them; acknowledging keeps them out of the
             // queue, and the count explains an underfilled audience.
             let ids: Vec<i64> = unmatched.iter().map(|i| i.sync_id).collect();
-            self.store.ack_work(batch, &ids, now_ms()).await?;
+            self.store.ack_work(batch, &ids, false, now_ms()).await?;
             metrics::counter!("koala_destination_unmatched_total", "destination" => name.to_owned())
                 .increment(ids.len() as u64);
             tracing::debug!(destination = name, count = ids.len(), "{UNMATCHED}");
@@ -331,7 +331,7 @@ impl Dispatcher {
         }
         let name = batch.destination.as_str();
         let ids: Vec<i64> = items.iter().map(|i| i.sync_id).collect();
-        self.store.ack_work(batch, &ids, now).await?;
+        self.store.ack_work(batch, &ids, true, now).await?;
         for item in items {
             metrics::histogram!("koala_delivery_event_to_ack_seconds", "destination" => name.to_owned())
                 .record((now - item.desired_at).max(0) as f64 / 1000.0);

@@ -219,6 +219,9 @@ pub struct DestinationAudienceStats {
     pub pending_adds: i64,
     pub pending_removes: i64,
     pub acknowledged_members: i64,
+    /// Acknowledged members the destination could not be sent (none of
+    /// its identifiers): the gap between the audience and what it holds.
+    pub unmatched_members: i64,
     pub dead_letters: i64,
     pub last_success_at: Option<i64>,
 }
@@ -427,8 +430,16 @@ pub trait Store: Send + Sync + 'static {
         max_rows: usize,
     ) -> Result<Option<WorkBatch>>;
 
-    /// The destination acknowledged these rows in the batch's op.
-    async fn ack_work(&self, batch: &WorkBatch, sync_ids: &[i64], now_ms: i64) -> Result<()>;
+    /// The destination acknowledged these rows in the batch's op. `sent`
+    /// is false for people it cannot address (none of its identifiers):
+    /// they are settled without a request and counted as unmatched.
+    async fn ack_work(
+        &self,
+        batch: &WorkBatch,
+        sync_ids: &[i64],
+        sent: bool,
+        now_ms: i64,
+    ) -> Result<()>;
 
     /// Returns rows to the queue, due again at `next_attempt_at`.
     async fn retry_work(&self, sync_ids: &[i64], next_attempt_at: i64, error: &str) -> Result<()>;
