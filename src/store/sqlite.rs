@@ -8,7 +8,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
@@ -389,56 +388,13 @@ impl Store for SqliteStore {
         super::sqlite_snapshot::exits(&self.writer, job).await
     }
 
-    async fn enrich_person(
-        &self,
-        person_id: i64,
-        email: Option<crate::identity::Email>,
-        phone: Option<crate::identity::Phone>,
-        attributes: Map<String, Value>,
-        at_ms: i64,
-    ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query("SELECT customer_id, cio_id FROM people WHERE person_id = $1")
-            .bind(person_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else { return Ok(()) };
-        let ids = Identifiers {
-            id: row.get(0),
-            cio_id: row.get(1),
-            email,
-            phone,
-        };
-        if ids.id.is_none() && ids.cio_id.is_none() {
-            return Ok(());
-        }
-        let mut people = super::sqlite_ingest::load_people(&mut tx, &[&ids]).await?;
-        people.merge(&ids, Some(&attributes), at_ms);
-        super::sqlite_ingest::flush_people(&mut tx, &people, now_ms()).await?;
-        // Already delivered with fewer identifiers: deliver again.
-        sqlx::query(
-            "UPDATE sync_state SET acked = NULL, pending = TRUE, next_attempt_at = 0
-             WHERE person_id = $1 AND desired AND acked AND dead_reason IS NULL",
-        )
-        .bind(person_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+    async fn enrich_people(&self, lookups: &[ProfileLookup], at_ms: i64) -> Result<Vec<Enriched>> {
+        let mut conn = self.writer.acquire().await?;
+        super::sqlite_lookup::enrich(&mut conn, lookups, at_ms).await
     }
 
-    async fn person_key(&self, person_id: i64) -> Result<Option<(String, bool)>> {
-        Ok(
-            sqlx::query("SELECT customer_id, cio_id FROM people WHERE person_id = $1")
-                .bind(person_id)
-                .fetch_optional(&self.reader)
-                .await?
-                .and_then(|r| {
-                    let id: Option<String> = r.get(0);
-                    let cio: Option<String> = r.get(1);
-                    id.map(|i| (i, false)).or(cio.map(|c| (c, true)))
-                }),
-        )
+    async fn person_keys(&self, person_ids: &[i64]) -> Result<Vec<PersonKey>> {
+        super::sqlite_lookup::person_keys(&self.reader, person_ids).await
     }
 
     async fn finish_snapshot(&self, job: &SnapshotJob, completed: bool) -> Result<()> {
@@ -460,6 +416,7 @@ impl Store for SqliteStore {
         destination: &str,
         audience_id: i64,
         sent_person_ids: &[i64],
+        read_at_ms: i64,
         now_ms: i64,
     ) -> Result<()> {
         super::sqlite_replace::mark(
@@ -467,6 +424,7 @@ impl Store for SqliteStore {
             destination,
             audience_id,
             sent_person_ids,
+            read_at_ms,
             now_ms,
         )
         .await
