@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod job;
+mod lookup;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use job::{JobState, Phase, ReplaceProgress, ReplaceTarget, Trigger};
+pub use lookup::{LookupReport, NotLookedUp, NotLookedUpReason, ReasonCounts, NOT_LOOKED_UP_IDS};
 
 use crate::audiences::Catalog;
 use crate::customerio::app_api::{AppApiClient, MAX_MEMBERSHIP_LIMIT};
