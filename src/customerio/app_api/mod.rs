@@ -27,8 +27,8 @@ use crate::config::{Config, Secret};
 
 pub use error::AppApiError;
 pub use model::{
-    parse_customers, parse_membership_page, Customer, IdType, Member, MembershipPage, Segment,
-    MAX_BULK_LOOKUP, MAX_MEMBERSHIP_LIMIT,
+    bare_cio_id, parse_customers, parse_membership_page, Customer, IdType, Member, MembershipPage,
+    Segment, MAX_BULK_LOOKUP, MAX_MEMBERSHIP_LIMIT,
 };
 
 use error::is_retryable_status;
