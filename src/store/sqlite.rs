@@ -535,14 +535,25 @@ impl Store for SqliteStore {
         if sync_ids.is_empty() {
             return Ok(());
         }
+        // A row whose version moved while it was in flight (its person's
+        // record changed, e.g. a profile lookup landed) was sent the old
+        // record: acknowledged as sent, and still pending for the new one.
+        let versions: std::collections::HashMap<i64, i64> =
+            batch.items.iter().map(|i| (i.sync_id, i.version)).collect();
+        let claimed: Vec<(i64, Option<i64>)> = sync_ids
+            .iter()
+            .map(|id| (*id, versions.get(id).copied()))
+            .collect();
         sqlx::query(
             "UPDATE sync_state SET acked = $1, acked_at = $2, lease_until = 0, attempts = 0,
-                    last_error = NULL, next_attempt_at = 0, pending = (desired <> $1)
-             WHERE sync_id IN (SELECT value FROM json_each($3))",
+                    last_error = NULL, next_attempt_at = 0,
+                    pending = (desired <> $1)
+                              OR version <> COALESCE(json_extract(j.value, '$[1]'), version)
+             FROM json_each($3) AS j WHERE sync_state.sync_id = json_extract(j.value, '$[0]')",
         )
         .bind(batch.op.desired())
         .bind(now_ms)
-        .bind(ids_json(sync_ids))
+        .bind(serde_json::to_string(&claimed).expect("ids serialize"))
         .execute(&self.writer)
         .await?;
         Ok(())

@@ -105,6 +105,15 @@ pub(super) async fn enrich(
         .bind(ids_json(&changed))
         .execute(&mut *tx)
         .await?;
+        // A pending row may be in flight with the old record: a new
+        // version keeps it pending when that send is acknowledged.
+        sqlx::query(
+            "UPDATE sync_state SET version = version + 1
+             WHERE person_id IN (SELECT value FROM json_each($1)) AND pending AND dead_reason IS NULL",
+        )
+        .bind(ids_json(&changed))
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -201,5 +210,47 @@ mod tests {
         let keys = store.person_keys(&[3, 1, 9]).await.unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].customer_id.as_deref(), Some("u1"));
+    }
+
+    #[tokio::test]
+    async fn a_change_landing_while_the_old_record_is_in_flight_is_sent_after_it() {
+        let (_dir, store, db) = fixture().await;
+        // Person 2's add is claimed (in flight with no phone) …
+        let batch = store
+            .claim_work("meta", 1_000, 60_000, 10)
+            .await
+            .unwrap()
+            .expect("person 2 is due");
+        assert_eq!(batch.items.len(), 1);
+        assert_eq!(batch.items[0].person.phone, None);
+        // … the lookup lands, then the old send is acknowledged.
+        store
+            .enrich_people(&[lookup(2, Some("+14155550102"))], 10)
+            .await
+            .unwrap();
+        let ids: Vec<i64> = batch.items.iter().map(|i| i.sync_id).collect();
+        store.ack_work(&batch, &ids, 2_000).await.unwrap();
+        let (acked, pending): (Option<bool>, bool) =
+            sqlx::query("SELECT acked, pending FROM sync_state WHERE person_id = 2")
+                .fetch_one(&db)
+                .await
+                .map(|r| (r.get(0), r.get(1)))
+                .unwrap();
+        assert_eq!((acked, pending), (Some(true), true));
+        let again = store
+            .claim_work("meta", 70_000, 60_000, 10)
+            .await
+            .unwrap()
+            .expect("person 2 goes again");
+        assert_eq!(again.items[0].person.phone.as_deref(), Some("+14155550102"));
+        // An acknowledgement with nothing new in between settles the row.
+        let ids: Vec<i64> = again.items.iter().map(|i| i.sync_id).collect();
+        store.ack_work(&again, &ids, 71_000).await.unwrap();
+        let pending: bool = sqlx::query("SELECT pending FROM sync_state WHERE person_id = 2")
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!pending);
     }
 }
