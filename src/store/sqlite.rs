@@ -15,6 +15,9 @@ use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Each reader's page cache (negative: KiB), against the writer's 64 MiB.
+const READER_CACHE_KIB: &str = "-8192";
+
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
@@ -43,9 +46,17 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
+        // Readers scan (a replace's members, stats, lookups' keys) while
+        // the writer changes the file, and every change empties their
+        // caches: a big cache per reader buys little and holds up to
+        // 64 MiB of memory each. The OS page cache serves the rest.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(
+                options
+                    .read_only(true)
+                    .pragma("cache_size", READER_CACHE_KIB),
+            )
             .await?;
         Ok(SqliteStore { writer, reader })
     }
