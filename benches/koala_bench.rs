@@ -63,7 +63,7 @@ use fake_app_api::{FakeAppApi, FAKE_APP_API_KEY};
 use fake_meta::{FakeMeta, RecordedRequest, FAKE_META_TOKEN};
 
 const USAGE: &str = "usage: cargo bench --bench koala_bench -- [--quick] [--json FILE] \
-[--store URL] [--only ingest,e2e,batch,memory,resync]";
+[--store URL] [--only ingest,e2e,batch,memory,resync] [--resync-runs sizes,lookups,replace]";
 
 const WEBHOOK_KEY: &str = "bench-webhook-signing-key";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -119,7 +119,13 @@ struct Options {
     json: Option<PathBuf>,
     store: Option<String>,
     only: BTreeSet<Phase>,
+    /// Which runs of the resync phase: `sizes` (100k and 1M without a
+    /// destination), `lookups` (first resync with phone lookups at 10/s),
+    /// `replace` (1M with lookups and a full replace).
+    resync_runs: BTreeSet<String>,
 }
+
+const RESYNC_RUNS: [&str; 3] = ["sizes", "lookups", "replace"];
 
 enum Mode {
     Bench(Options),
@@ -146,6 +152,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         json: None,
         store: None,
         only: Phase::ALL.into_iter().collect(),
+        resync_runs: RESYNC_RUNS.iter().map(|r| r.to_string()).collect(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -159,6 +166,18 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                 opts.only = value()?
                     .split(',')
                     .map(|p| Phase::parse(p).ok_or(format!("--only: unknown phase {p:?}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--resync-runs" => {
+                opts.resync_runs = value()?
+                    .split(',')
+                    .map(|r| {
+                        let r = r.trim();
+                        RESYNC_RUNS
+                            .contains(&r)
+                            .then(|| r.to_owned())
+                            .ok_or(format!("--resync-runs: unknown run {r:?}"))
+                    })
                     .collect::<Result<_, _>>()?;
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -1383,7 +1402,13 @@ fn report_batch(report: &mut Report, load: &BatchLoad, calls: &[usize], tally: &
 /// the two runs with phone lookups (`bench_enrich`, `bench_enrich_replace`).
 async fn bench_resync(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     eprintln!("== resync");
-    for &size in ctx.plan.resync_sizes {
+    let runs = &ctx.opts.resync_runs;
+    let sizes: &[u64] = if runs.contains("sizes") {
+        ctx.plan.resync_sizes
+    } else {
+        &[]
+    };
+    for &size in sizes {
         if !resync_size(ctx, report, size).await? {
             println!("resync: not yet available");
             report.text(
@@ -1394,8 +1419,13 @@ async fn bench_resync(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    bench_enrich(ctx, report).await?;
-    bench_enrich_replace(ctx, report).await
+    if runs.contains("lookups") {
+        bench_enrich(ctx, report).await?;
+    }
+    if runs.contains("replace") {
+        bench_enrich_replace(ctx, report).await?;
+    }
+    Ok(())
 }
 
 fn size_label(size: u64) -> String {
@@ -1415,7 +1445,8 @@ async fn enrich_koala(
     meta: &FakeMeta,
     app_api_rps: u32,
 ) -> anyhow::Result<Koala> {
-    let mut setup = meta_setup(meta, 1000.0, 4);
+    // Meta's default concurrency (2); the fake answers at once.
+    let mut setup = meta_setup(meta, 1000.0, 2);
     setup.customerio = format!(
         "app_api_key = \"{FAKE_APP_API_KEY}\"\napp_api_base_url = \"{}\"\napp_api_requests_per_second = {app_api_rps}",
         api.base_url()
