@@ -67,15 +67,8 @@ async fn spawn_koala_logging(
 
 async fn post(base: &str, body: &serde_json::Value) -> bool {
     let bytes = serde_json::to_vec(body).unwrap();
-    let ts = chrono::Utc::now().timestamp().to_string();
-    let r = reqwest::Client::new()
-        .post(format!("{base}/webhooks/customerio/segments"))
-        .header("x-cio-timestamp", &ts)
-        .header(
-            "x-cio-signature",
-            koala::customerio::signature::sign(WEBHOOK_KEY, &ts, &bytes),
-        )
-        .body(bytes)
+    let url = format!("{base}/webhooks/customerio/segments");
+    let r = signed_post(&reqwest::Client::new(), &url, WEBHOOK_KEY, &bytes)
         .timeout(Duration::from_secs(5))
         .send()
         .await;
@@ -303,18 +296,11 @@ async fn every_refused_webhook_is_logged_once_with_reason_and_field_but_no_value
     let log = dir.path().join("koala.log");
     let mut koala = spawn_koala_logging(&config_path, port, "warn", Some(&log)).await;
     let base = koala.base.clone();
+    let url = format!("{base}/webhooks/customerio/segments");
     let send = |body: Vec<u8>, key: &'static str| {
-        let base = base.clone();
+        let url = url.clone();
         async move {
-            let ts = chrono::Utc::now().timestamp().to_string();
-            reqwest::Client::new()
-                .post(format!("{base}/webhooks/customerio/segments"))
-                .header("x-cio-timestamp", &ts)
-                .header(
-                    "x-cio-signature",
-                    koala::customerio::signature::sign(key, &ts, &body),
-                )
-                .body(body)
+            signed_post(&reqwest::Client::new(), &url, key, &body)
                 .send()
                 .await
                 .unwrap()

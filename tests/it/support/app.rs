@@ -108,13 +108,7 @@ impl TestApp {
 
     /// Posts a body signed with `key` at the current time.
     pub async fn post_signed(&self, path: &str, key: &str, body: &[u8]) -> reqwest::Response {
-        let ts = chrono::Utc::now().timestamp().to_string();
-        self.http
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .header("x-cio-timestamp", &ts)
-            .header("x-cio-signature", sign(key, &ts, body))
-            .body(body.to_vec())
+        signed_post(&self.http, &self.url(path), key, body)
             .send()
             .await
             .unwrap()
@@ -195,6 +189,60 @@ impl TestApp {
             .await
             .unwrap()
     }
+}
+
+/// A POST of `body` to `url` signed with `key` at the current time, the way
+/// Customer.io signs its webhooks.
+pub fn signed_post(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &[u8],
+) -> reqwest::RequestBuilder {
+    let ts = chrono::Utc::now().timestamp().to_string();
+    http.post(url)
+        .header("content-type", "application/json")
+        .header("x-cio-timestamp", &ts)
+        .header("x-cio-signature", sign(key, &ts, body))
+        .body(body.to_vec())
+}
+
+/// The README's Liquid body rendered the way Customer.io would: each
+/// `{{ … }}` replaced by `value(expression)`, then its filters applied
+/// (`replace`, `strip_newlines`; `date` is the value's own business).
+pub fn render_readme_template(value: impl Fn(&str) -> String) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```liquid")
+        .expect("README has the Liquid body")
+        + "```liquid".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let mut rest = &readme[start..end];
+    let mut body = String::new();
+    while let Some(open) = rest.find("{{") {
+        body.push_str(&rest[..open]);
+        let close = open + rest[open..].find("}}").unwrap();
+        let mut parts = rest[open + 2..close].split('|').map(str::trim);
+        let mut v = value(parts.next().unwrap());
+        for filter in parts {
+            if filter == "strip_newlines" {
+                v = v.replace(['\n', '\r'], "");
+            } else if let Some(args) = filter.strip_prefix("replace:") {
+                let args: Vec<&str> = args
+                    .split(',')
+                    .map(|a| a.trim().trim_matches('\''))
+                    .collect();
+                v = v.replace(args[0], args[1]);
+            } else if !filter.starts_with("date:") {
+                panic!("the test does not know the filter {filter}");
+            }
+        }
+        body.push_str(&v);
+        rest = &rest[close + 2..];
+    }
+    body.push_str(rest);
+    body
 }
 
 /// The body the README's Liquid template renders, for person `u-{person}`.
