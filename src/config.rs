@@ -190,18 +190,24 @@ pub struct SyncTarget {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DestinationConfig {
     MetaCustomAudiences(crate::destinations::meta::MetaConfig),
+    GoogleCustomerMatch(crate::destinations::google_customer_match::GoogleConfig),
+    TiktokAudiences(crate::destinations::tiktok_audiences::TiktokConfig),
 }
 
 impl DestinationConfig {
     pub fn name(&self) -> &str {
         match self {
             DestinationConfig::MetaCustomAudiences(c) => &c.name,
+            DestinationConfig::GoogleCustomerMatch(c) => &c.name,
+            DestinationConfig::TiktokAudiences(c) => &c.name,
         }
     }
 
     pub fn type_name(&self) -> &'static str {
         match self {
             DestinationConfig::MetaCustomAudiences(_) => "meta_custom_audiences",
+            DestinationConfig::GoogleCustomerMatch(_) => "google_customer_match",
+            DestinationConfig::TiktokAudiences(_) => "tiktok_audiences",
         }
     }
 }
@@ -403,12 +409,13 @@ impl Config {
                     d.name()
                 ));
             }
-            match d {
-                DestinationConfig::MetaCustomAudiences(m) => {
-                    for problem in m.problems() {
-                        p.push(format!("destinations[{i}].{problem}"));
-                    }
-                }
+            let problems = match d {
+                DestinationConfig::MetaCustomAudiences(m) => m.problems(),
+                DestinationConfig::GoogleCustomerMatch(g) => g.problems(),
+                DestinationConfig::TiktokAudiences(t) => t.problems(),
+            };
+            for problem in problems {
+                p.push(format!("destinations[{i}].{problem}"));
             }
         }
 

@@ -3,7 +3,9 @@
 //! request, sends it, and classifies the answer; the engine owns batching,
 //! limits, retries, dead letters and pausing.
 
+pub mod google_customer_match;
 pub mod meta;
+pub mod tiktok_audiences;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,6 +151,12 @@ pub trait Destination: Send + Sync + 'static {
         people: &[PersonRecord],
     ) -> SendOutcome;
 
+    /// Recent platform-side problems worth showing an operator that no
+    /// send outcome carries (Google's asynchronous request statuses).
+    fn platform_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// True when the destination can replace an audience's whole
     /// membership in one session ([`Destination::send_replace`]).
     fn supports_replace(&self) -> bool {
@@ -176,5 +184,11 @@ pub fn build(config: &DestinationConfig) -> anyhow::Result<Arc<dyn Destination>>
         DestinationConfig::MetaCustomAudiences(c) => {
             Ok(Arc::new(meta::MetaDestination::new(c.clone())?))
         }
+        DestinationConfig::GoogleCustomerMatch(c) => Ok(Arc::new(
+            google_customer_match::GoogleDestination::new(c.clone())?,
+        )),
+        DestinationConfig::TiktokAudiences(c) => Ok(Arc::new(
+            tiktok_audiences::TiktokDestination::new(c.clone())?,
+        )),
     }
 }

@@ -321,6 +321,7 @@ mod tests {
         let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
         match c.destinations.into_iter().next() {
             Some(DestinationConfig::MetaCustomAudiences(m)) => Ok(m),
+            Some(other) => panic!("not a meta destination: {}", other.type_name()),
             None => panic!("no destination parsed"),
         }
     }

@@ -1,0 +1,547 @@
+//! `[[destinations]] type = "google_customer_match"` (Data Manager API).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+use crate::destinations::Limits;
+
+/// Data Manager's limit on audience members in one ingest/remove request.
+pub const MAX_MEMBERS_PER_REQUEST: usize = 10_000;
+/// Data Manager's limit on user identifiers of one audience member.
+pub const MAX_IDENTIFIERS_PER_MEMBER: usize = 10;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoogleConfig {
+    pub name: String,
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// OAuth 2.0 token endpoint (refresh-token grant).
+    #[serde(default = "default_token_url")]
+    pub token_url: String,
+    pub client_id: Secret,
+    pub client_secret: Secret,
+    pub refresh_token: Secret,
+    /// The Google Ads account that owns the Customer Match lists.
+    pub operating_account: Account,
+    /// The manager account the credentials act through, if any.
+    #[serde(default)]
+    pub login_account: Option<Account>,
+    /// Which identifiers each member carries.
+    #[serde(default = "default_identifiers")]
+    pub identifiers: Vec<GoogleKey>,
+    /// Person attributes that feed the address identifier.
+    #[serde(default)]
+    pub attribute_map: AttributeMap,
+    /// Request-level consent sent with every ingest; omitted when unset.
+    #[serde(default)]
+    pub consent: Option<Consent>,
+    /// Person attributes that override `consent` per member (true/false,
+    /// "granted"/"denied" or the CONSENT_* names).
+    #[serde(default)]
+    pub consent_attributes: ConsentAttributes,
+    /// Must be ACCEPTED for Customer Match ingests.
+    pub customer_match_terms_of_service: TermsStatus,
+    /// The Google Cloud project whose quota the credentials use.
+    /// Destinations naming the same project share one limiter. Unset: the
+    /// OAuth client identifies the project.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// The project's IngestionService mutate quota.
+    #[serde(default = "default_project_rpm")]
+    pub project_requests_per_minute: u32,
+    /// Unset: a spent daily quota pauses until the next midnight in
+    /// America/Los_Angeles (Google's quota day). Set: pauses this long.
+    #[serde(default, with = "humantime_serde")]
+    pub daily_quota_pause: Option<Duration>,
+    /// How often recorded requestIds are checked.
+    #[serde(default = "default_status_interval", with = "humantime_serde")]
+    pub request_status_interval: Duration,
+    /// Most requestIds waiting for a check (oldest dropped beyond).
+    #[serde(default = "default_status_max")]
+    pub request_status_max_tracked: usize,
+    /// Refresh the access token this long before it expires.
+    #[serde(default = "default_token_margin", with = "humantime_serde")]
+    pub token_refresh_margin: Duration,
+
+    // ---- Engine settings (same keys and meaning as MetaConfig). Moving to
+    // the shared delivery block: only these fields, their defaults and
+    // `limits()`/`engine_problems()` below change then.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: f64,
+    #[serde(default, with = "humantime_serde")]
+    pub min_linger: Duration,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(default = "default_base_backoff", with = "humantime_serde")]
+    pub base_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    // ---- end of engine settings.
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    #[serde(default)]
+    pub account_type: AccountType,
+    /// Digits; dashes (`123-456-7890`) are dropped.
+    pub account_id: String,
+}
+
+impl Account {
+    pub fn id_digits(&self) -> String {
+        self.account_id.chars().filter(|c| *c != '-').collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AccountType {
+    #[default]
+    GoogleAds,
+    DisplayVideoPartner,
+    DisplayVideoAdvertiser,
+    DataPartner,
+}
+
+impl AccountType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountType::GoogleAds => "GOOGLE_ADS",
+            AccountType::DisplayVideoPartner => "DISPLAY_VIDEO_PARTNER",
+            AccountType::DisplayVideoAdvertiser => "DISPLAY_VIDEO_ADVERTISER",
+            AccountType::DataPartner => "DATA_PARTNER",
+        }
+    }
+}
+
+/// A user identifier kind. Declaration order is the order sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoogleKey {
+    Email,
+    Phone,
+    /// givenName + familyName (hashed), regionCode + postalCode (clear):
+    /// sent only when all four are known.
+    Address,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttributeMap {
+    pub given_name: String,
+    pub family_name: String,
+    pub region_code: String,
+    pub postal_code: String,
+}
+
+impl Default for AttributeMap {
+    fn default() -> Self {
+        AttributeMap {
+            given_name: "first_name".into(),
+            family_name: "last_name".into(),
+            region_code: "country".into(),
+            postal_code: "zip".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consent {
+    pub ad_user_data: ConsentStatus,
+    pub ad_personalization: ConsentStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ConsentStatus {
+    #[serde(rename = "CONSENT_GRANTED")]
+    Granted,
+    #[serde(rename = "CONSENT_DENIED")]
+    Denied,
+}
+
+impl ConsentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentStatus::Granted => "CONSENT_GRANTED",
+            ConsentStatus::Denied => "CONSENT_DENIED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentAttributes {
+    #[serde(default)]
+    pub ad_user_data: Option<String>,
+    #[serde(default)]
+    pub ad_personalization: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TermsStatus {
+    Accepted,
+    Rejected,
+}
+
+impl TermsStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TermsStatus::Accepted => "ACCEPTED",
+            TermsStatus::Rejected => "REJECTED",
+        }
+    }
+}
+
+impl GoogleConfig {
+    /// A config with every default, for code and tests that build one.
+    pub fn new(
+        name: impl Into<String>,
+        client_id: Secret,
+        client_secret: Secret,
+        refresh_token: Secret,
+        operating_account_id: impl Into<String>,
+    ) -> Self {
+        GoogleConfig {
+            name: name.into(),
+            base_url: default_base_url(),
+            token_url: default_token_url(),
+            client_id,
+            client_secret,
+            refresh_token,
+            operating_account: Account {
+                account_type: AccountType::GoogleAds,
+                account_id: operating_account_id.into(),
+            },
+            login_account: None,
+            identifiers: default_identifiers(),
+            attribute_map: AttributeMap::default(),
+            consent: None,
+            consent_attributes: ConsentAttributes::default(),
+            customer_match_terms_of_service: TermsStatus::Accepted,
+            project: None,
+            project_requests_per_minute: default_project_rpm(),
+            daily_quota_pause: None,
+            request_status_interval: default_status_interval(),
+            request_status_max_tracked: default_status_max(),
+            token_refresh_margin: default_token_margin(),
+            max_batch: default_max_batch(),
+            concurrency: default_concurrency(),
+            requests_per_second: default_requests_per_second(),
+            min_linger: Duration::ZERO,
+            request_timeout: default_request_timeout(),
+            base_backoff: default_base_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+
+    /// The engine's limits for this destination.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_batch: self.max_batch.clamp(1, MAX_MEMBERS_PER_REQUEST),
+            concurrency: self.concurrency.max(1),
+            requests_per_second: self.requests_per_second,
+            min_linger: self.min_linger,
+            max_backoff: self.max_backoff,
+            base_backoff: self.base_backoff,
+        }
+    }
+
+    /// Problems serde cannot catch, each starting with its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (key, url) in [("base_url", &self.base_url), ("token_url", &self.token_url)] {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base() => {}
+                _ => p.push(format!("{key}: not an http(s) URL: {url:?}")),
+            }
+        }
+        for (key, s) in [
+            ("client_id", &self.client_id),
+            ("client_secret", &self.client_secret),
+            ("refresh_token", &self.refresh_token),
+        ] {
+            if s.expose().trim().is_empty() {
+                p.push(format!("{key}: must not be empty"));
+            }
+        }
+        let digits = |a: &Account| {
+            let id = a.id_digits();
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !digits(&self.operating_account) {
+            p.push("operating_account.account_id: expected digits (dashes allowed)".into());
+        }
+        if let Some(l) = &self.login_account {
+            if !digits(l) {
+                p.push("login_account.account_id: expected digits (dashes allowed)".into());
+            }
+        }
+        if self.identifiers.is_empty() {
+            p.push("identifiers: must list at least one of email, phone, address".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in &self.identifiers {
+            if !seen.insert(k) {
+                p.push(format!("identifiers: {k:?} listed twice"));
+            }
+        }
+        let m = &self.attribute_map;
+        for (key, attr) in [
+            ("given_name", &m.given_name),
+            ("family_name", &m.family_name),
+            ("region_code", &m.region_code),
+            ("postal_code", &m.postal_code),
+        ] {
+            if attr.trim().is_empty() {
+                p.push(format!("attribute_map.{key}: must not be empty"));
+            }
+        }
+        for (key, attr) in [
+            ("ad_user_data", &self.consent_attributes.ad_user_data),
+            (
+                "ad_personalization",
+                &self.consent_attributes.ad_personalization,
+            ),
+        ] {
+            if attr.as_deref().is_some_and(|a| a.trim().is_empty()) {
+                p.push(format!("consent_attributes.{key}: must not be empty"));
+            }
+        }
+        if self.customer_match_terms_of_service != TermsStatus::Accepted {
+            p.push(
+                "customer_match_terms_of_service: Customer Match ingests need \"ACCEPTED\"".into(),
+            );
+        }
+        if self.project.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            p.push("project: must not be empty".into());
+        }
+        if self.project_requests_per_minute == 0 {
+            p.push("project_requests_per_minute: must be at least 1".into());
+        }
+        if self.daily_quota_pause.is_some_and(|d| d.is_zero()) {
+            p.push("daily_quota_pause: must be greater than 0s".into());
+        }
+        if self.request_status_interval.is_zero() {
+            p.push("request_status_interval: must be greater than 0s".into());
+        }
+        if self.request_status_max_tracked == 0 {
+            p.push("request_status_max_tracked: must be at least 1".into());
+        }
+        p.extend(self.engine_problems());
+        p
+    }
+
+    /// Engine settings' problems (moves with them to the shared block).
+    fn engine_problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(1..=MAX_MEMBERS_PER_REQUEST).contains(&self.max_batch) {
+            p.push(format!(
+                "max_batch: must be between 1 and {MAX_MEMBERS_PER_REQUEST}"
+            ));
+        }
+        if self.concurrency == 0 {
+            p.push("concurrency: must be at least 1".into());
+        }
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            p.push("requests_per_second: must be greater than 0".into());
+        }
+        if self.request_timeout.is_zero() {
+            p.push("request_timeout: must be greater than 0s".into());
+        }
+        if self.base_backoff.is_zero() {
+            p.push("base_backoff: must be greater than 0s".into());
+        }
+        if self.max_backoff < self.base_backoff {
+            p.push("max_backoff: must not be shorter than base_backoff".into());
+        }
+        p
+    }
+}
+
+fn default_base_url() -> String {
+    "https://datamanager.googleapis.com".into()
+}
+fn default_token_url() -> String {
+    "https://oauth2.googleapis.com/token".into()
+}
+fn default_identifiers() -> Vec<GoogleKey> {
+    vec![GoogleKey::Email, GoogleKey::Phone]
+}
+fn default_project_rpm() -> u32 {
+    300
+}
+fn default_status_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_status_max() -> usize {
+    1000
+}
+fn default_token_margin() -> Duration {
+    Duration::from_secs(300)
+}
+// Engine defaults.
+fn default_max_batch() -> usize {
+    MAX_MEMBERS_PER_REQUEST
+}
+fn default_concurrency() -> usize {
+    2
+}
+/// 300 requests/minute is the whole project's quota; 5/s matches it.
+fn default_requests_per_second() -> f64 {
+    5.0
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_base_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DestinationConfig};
+
+    const BASE: &str = r#"
+        [server]
+        admin_token = "0123456789abcdef"
+        [customerio]
+        webhook_signing_keys = ["k1"]
+    "#;
+
+    const MINIMAL: &str = r#"
+        [[destinations]]
+        name = "google"
+        type = "google_customer_match"
+        client_id = "cid"
+        client_secret = "csecret"
+        refresh_token = "rtok"
+        operating_account = { account_id = "123-456-7890" }
+        customer_match_terms_of_service = "ACCEPTED"
+    "#;
+
+    fn google(text: &str) -> Result<GoogleConfig, Vec<String>> {
+        let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
+        match c.destinations.into_iter().next() {
+            Some(DestinationConfig::GoogleCustomerMatch(g)) => Ok(g),
+            other => panic!("not a google destination: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_google_destination_takes_the_defaults() {
+        let g = google(MINIMAL).unwrap();
+        assert_eq!(g.base_url, "https://datamanager.googleapis.com");
+        assert_eq!(g.token_url, "https://oauth2.googleapis.com/token");
+        assert_eq!(g.operating_account.account_type, AccountType::GoogleAds);
+        assert_eq!(g.operating_account.id_digits(), "1234567890");
+        assert_eq!(g.identifiers, [GoogleKey::Email, GoogleKey::Phone]);
+        assert_eq!(g.consent, None);
+        assert_eq!(g.project_requests_per_minute, 300);
+        assert_eq!(g.daily_quota_pause, None);
+        let l = g.limits();
+        assert_eq!(l.max_batch, 10_000);
+        assert_eq!(l.concurrency, 2);
+        assert_eq!(l.requests_per_second, 5.0);
+        // Secrets never show in Debug.
+        let debug = format!("{g:?}");
+        assert!(
+            !debug.contains("csecret") && !debug.contains("rtok"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn a_full_google_destination_parses() {
+        let g = google(&format!(
+            "{MINIMAL}\n{}",
+            r#"
+            login_account = { account_type = "GOOGLE_ADS", account_id = "1112223333" }
+            identifiers = ["email", "phone", "address"]
+            attribute_map = { given_name = "fname" }
+            consent = { ad_user_data = "CONSENT_GRANTED", ad_personalization = "CONSENT_DENIED" }
+            consent_attributes = { ad_personalization = "ads_ok" }
+            project = "my-gcp-project"
+            project_requests_per_minute = 100
+            daily_quota_pause = "10m"
+            request_status_interval = "5s"
+            max_batch = 5000
+            "#
+        ))
+        .unwrap();
+        assert_eq!(g.login_account.unwrap().account_id, "1112223333");
+        assert_eq!(g.attribute_map.given_name, "fname");
+        assert_eq!(g.attribute_map.family_name, "last_name");
+        assert_eq!(
+            g.consent,
+            Some(Consent {
+                ad_user_data: ConsentStatus::Granted,
+                ad_personalization: ConsentStatus::Denied
+            })
+        );
+        assert_eq!(
+            g.consent_attributes.ad_personalization.as_deref(),
+            Some("ads_ok")
+        );
+        assert_eq!(g.daily_quota_pause, Some(Duration::from_secs(600)));
+        assert_eq!(g.max_batch, 5000);
+    }
+
+    #[test]
+    fn unknown_keys_and_values_are_rejected() {
+        for (line, key) in [
+            ("developer_token = \"x\"", "developer_token"),
+            ("identifiers = [\"madid\"]", "madid"),
+            ("consent = { ad_user_data = \"GRANTED\", ad_personalization = \"CONSENT_GRANTED\" }", "GRANTED"),
+        ] {
+            let e = google(&format!("{MINIMAL}\n{line}")).unwrap_err();
+            assert!(e.iter().any(|p| p.contains(key)), "{line}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn semantic_problems_name_their_key() {
+        let e = google(
+            r#"
+            [[destinations]]
+            name = "google"
+            type = "google_customer_match"
+            base_url = "nope"
+            client_id = ""
+            client_secret = "s"
+            refresh_token = "r"
+            operating_account = { account_id = "12x" }
+            customer_match_terms_of_service = "REJECTED"
+            identifiers = ["email", "email"]
+            project_requests_per_minute = 0
+            max_batch = 10001
+            "#,
+        )
+        .unwrap_err();
+        for key in [
+            "base_url",
+            "client_id",
+            "operating_account.account_id",
+            "customer_match_terms_of_service",
+            "identifiers",
+            "project_requests_per_minute",
+            "max_batch: must be between 1 and 10000",
+        ] {
+            let want = format!("destinations[0].{key}");
+            assert!(e.iter().any(|p| p.starts_with(&want)), "{want}: {e:?}");
+        }
+    }
+}
