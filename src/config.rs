@@ -12,7 +12,9 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+use crate::destinations::{DeliveryOverrides, DeliverySettings};
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -24,7 +26,7 @@ pub struct Config {
     #[serde(default)]
     pub audiences: Vec<AudienceConfig>,
     #[serde(default)]
-    pub destinations: Vec<DestinationConfig>,
+    pub destinations: Vec<DestinationEntry>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -186,7 +188,69 @@ pub struct SyncTarget {
     pub audience_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// One `[[destinations]]` table: its name, the engine settings every
+/// destination has (the same flat keys whatever the type, see
+/// [`DeliveryOverrides::KEYS`]) and the platform's own keys (`type` and the
+/// rest, see [`DestinationConfig`]).
+#[derive(Debug, Clone)]
+pub struct DestinationEntry {
+    pub name: String,
+    pub delivery: DeliveryOverrides,
+    pub platform: DestinationConfig,
+}
+
+impl<'de> Deserialize<'de> for DestinationEntry {
+    /// Splits the table: `name`, the shared engine keys, and the rest for
+    /// the platform's type (each part refusing keys it does not know).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let name = match table.remove("name") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(_) => return Err(D::Error::custom("name: expected a string")),
+            None => return Err(D::Error::missing_field("name")),
+        };
+        let shared: serde_json::Map<_, _> = DeliveryOverrides::KEYS
+            .iter()
+            .filter_map(|k| table.remove(*k).map(|v| ((*k).to_owned(), v)))
+            .collect();
+        let delivery =
+            serde_json::from_value(serde_json::Value::Object(shared)).map_err(D::Error::custom)?;
+        let platform =
+            serde_json::from_value(serde_json::Value::Object(table)).map_err(D::Error::custom)?;
+        Ok(DestinationEntry {
+            name,
+            delivery,
+            platform,
+        })
+    }
+}
+
+impl DestinationEntry {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        self.platform.type_name()
+    }
+
+    /// The type's defaults with this table's overrides.
+    pub fn delivery(&self) -> DeliverySettings {
+        self.platform.delivery_defaults().with(&self.delivery)
+    }
+
+    /// Problems, each starting with its key within the table.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = self.delivery().problems(self.platform.max_batch_limit());
+        p.extend(self.platform.problems());
+        p
+    }
+}
+
+/// The platform part of a destination, by `type`. Adding a destination
+/// type adds a variant here and its arm in each method below.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DestinationConfig {
     MetaCustomAudiences(crate::destinations::meta::MetaConfig),
@@ -195,19 +259,45 @@ pub enum DestinationConfig {
 }
 
 impl DestinationConfig {
-    pub fn name(&self) -> &str {
-        match self {
-            DestinationConfig::MetaCustomAudiences(c) => &c.name,
-            DestinationConfig::GoogleCustomerMatch(c) => &c.name,
-            DestinationConfig::TiktokAudiences(c) => &c.name,
-        }
-    }
-
     pub fn type_name(&self) -> &'static str {
         match self {
             DestinationConfig::MetaCustomAudiences(_) => "meta_custom_audiences",
             DestinationConfig::GoogleCustomerMatch(_) => "google_customer_match",
             DestinationConfig::TiktokAudiences(_) => "tiktok_audiences",
+        }
+    }
+
+    fn delivery_defaults(&self) -> DeliverySettings {
+        match self {
+            DestinationConfig::MetaCustomAudiences(_) => crate::destinations::meta::DELIVERY,
+            DestinationConfig::GoogleCustomerMatch(_) => {
+                crate::destinations::google_customer_match::DELIVERY
+            }
+            DestinationConfig::TiktokAudiences(_) => {
+                crate::destinations::tiktok_audiences::DELIVERY
+            }
+        }
+    }
+
+    fn max_batch_limit(&self) -> usize {
+        match self {
+            DestinationConfig::MetaCustomAudiences(_) => {
+                crate::destinations::meta::MAX_ROWS_PER_REQUEST
+            }
+            DestinationConfig::GoogleCustomerMatch(_) => {
+                crate::destinations::google_customer_match::MAX_MEMBERS_PER_REQUEST
+            }
+            DestinationConfig::TiktokAudiences(_) => {
+                crate::destinations::tiktok_audiences::MAX_ROWS_LIMIT
+            }
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        match self {
+            DestinationConfig::MetaCustomAudiences(c) => c.problems(),
+            DestinationConfig::GoogleCustomerMatch(c) => c.problems(),
+            DestinationConfig::TiktokAudiences(c) => c.problems(),
         }
     }
 }
@@ -409,12 +499,7 @@ impl Config {
                     d.name()
                 ));
             }
-            let problems = match d {
-                DestinationConfig::MetaCustomAudiences(m) => m.problems(),
-                DestinationConfig::GoogleCustomerMatch(g) => g.problems(),
-                DestinationConfig::TiktokAudiences(t) => t.problems(),
-            };
-            for problem in problems {
+            for problem in d.problems() {
                 p.push(format!("destinations[{i}].{problem}"));
             }
         }

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod audiences;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod customerio;
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod normalization;
+pub mod outbound;
 pub mod resync;
 pub mod simulate;
 pub mod store;

@@ -8,9 +8,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::full_jitter;
 use super::engine::Control;
 use crate::audiences::{AudienceDef, Catalog};
+use crate::backoff::Backoff;
 use crate::destinations::{SendOutcome, SendTarget, UNMATCHED};
 use crate::store::{now_ms, PersonRecord, Store, SyncOp, WorkBatch, WorkItem};
 
@@ -282,9 +282,11 @@ impl Dispatcher {
             SendOutcome::RetryLater { after, reason } => {
                 let limits = self.control.destination().limits();
                 let attempts = items.iter().map(|i| i.attempts).max().unwrap_or(0);
-                let delay = after.unwrap_or_else(|| {
-                    full_jitter(attempts, limits.base_backoff, limits.max_backoff)
-                });
+                let backoff = Backoff {
+                    base: limits.base_backoff,
+                    max: limits.max_backoff,
+                };
+                let delay = after.unwrap_or_else(|| backoff.delay(attempts.max(0) as u32));
                 self.store
                     .retry_work(&ids, now + delay.as_millis() as i64, &reason)
                     .await?;

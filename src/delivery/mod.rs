@@ -2,7 +2,6 @@
 //! (desired ≠ acknowledged) rows into batched destination calls, within
 //! the destination's concurrency and rate limits, and records each answer.
 
-mod backoff;
 mod dispatcher;
 mod engine;
 

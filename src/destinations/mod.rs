@@ -5,7 +5,10 @@
 
 pub mod google_customer_match;
 pub mod meta;
+mod settings;
 pub mod tiktok_audiences;
+
+pub use settings::{DeliveryOverrides, DeliverySettings};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,25 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::audiences::AudienceDef;
-use crate::config::DestinationConfig;
+use crate::config::{DestinationConfig, DestinationEntry};
 use crate::store::{PersonRecord, SyncOp};
-
-/// The limits the engine enforces for a destination.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Most people in one request.
-    pub max_batch: usize,
-    /// Requests in flight at once.
-    pub concurrency: usize,
-    /// Requests per second (the platform's quota).
-    pub requests_per_second: f64,
-    /// Wait at least this long for a batch to fill (0: send at once).
-    pub min_linger: Duration,
-    /// Longest backoff between retries of the same rows.
-    pub max_backoff: Duration,
-    /// First backoff step.
-    pub base_backoff: Duration,
-}
 
 /// One row of a batch the platform refused on its own (the rest were
 /// stored): `index` is its position in the `people` slice sent.
@@ -78,6 +64,39 @@ pub enum SendOutcome {
 }
 
 impl SendOutcome {
+    /// What an HTTP status alone says, for a platform whose body said
+    /// nothing more specific (each destination refines it with its codes).
+    pub fn from_status(
+        class: crate::outbound::StatusClass,
+        retry_after: Option<Duration>,
+        reason: String,
+    ) -> Self {
+        use crate::outbound::StatusClass;
+        match class {
+            StatusClass::Success | StatusClass::Throttled | StatusClass::Transient => {
+                SendOutcome::RetryLater {
+                    after: retry_after,
+                    reason,
+                }
+            }
+            StatusClass::Unauthorized | StatusClass::Unexpected => {
+                SendOutcome::DestinationDown { reason }
+            }
+            StatusClass::Refused => SendOutcome::Permanent { reason },
+        }
+    }
+
+    /// A request that got no answer: always worth another try.
+    pub fn transport(platform: &str, e: &reqwest::Error) -> Self {
+        SendOutcome::RetryLater {
+            after: None,
+            reason: format!(
+                "{platform} request {}",
+                crate::outbound::describe_transport(e)
+            ),
+        }
+    }
+
     pub fn class(&self) -> &'static str {
         match self {
             SendOutcome::Success { .. } => "success",
@@ -113,7 +132,9 @@ pub struct ReplaceSession {
 pub trait Destination: Send + Sync + 'static {
     fn name(&self) -> &str;
 
-    fn limits(&self) -> Limits;
+    /// The engine settings (batch size, concurrency, rate, linger,
+    /// timeout, backoff) this destination was built with.
+    fn limits(&self) -> DeliverySettings;
 
     /// True when this person carries at least one identifier the
     /// destination is configured to send.
@@ -179,16 +200,19 @@ pub trait Destination: Send + Sync + 'static {
 }
 
 /// Builds the destination a config entry describes.
-pub fn build(config: &DestinationConfig) -> anyhow::Result<Arc<dyn Destination>> {
-    match config {
-        DestinationConfig::MetaCustomAudiences(c) => {
-            Ok(Arc::new(meta::MetaDestination::new(c.clone())?))
-        }
+pub fn build(entry: &DestinationEntry) -> anyhow::Result<Arc<dyn Destination>> {
+    let (name, delivery) = (entry.name.clone(), entry.delivery());
+    match &entry.platform {
+        DestinationConfig::MetaCustomAudiences(c) => Ok(Arc::new(meta::MetaDestination::new(
+            name,
+            c.clone(),
+            delivery,
+        )?)),
         DestinationConfig::GoogleCustomerMatch(c) => Ok(Arc::new(
-            google_customer_match::GoogleDestination::new(c.clone())?,
+            google_customer_match::GoogleDestination::new(name, c.clone(), delivery)?,
         )),
         DestinationConfig::TiktokAudiences(c) => Ok(Arc::new(
-            tiktok_audiences::TiktokDestination::new(c.clone())?,
+            tiktok_audiences::TiktokDestination::new(name, c.clone(), delivery)?,
         )),
     }
 }

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use koala::audiences::AudienceDef;
 use koala::config::Secret;
-use koala::destinations::meta::{MetaConfig, MetaDestination};
-use koala::destinations::{Destination, SendOutcome, SendTarget};
+use koala::destinations::meta::{MetaConfig, MetaDestination, DELIVERY};
+use koala::destinations::{DeliverySettings, Destination, SendOutcome, SendTarget};
 use koala::store::{PersonRecord, SyncOp};
 use serde_json::{json, Value};
 
@@ -17,12 +17,16 @@ const EMAIL_HASH: &str = "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea6
 const PHONE_HASH: &str = "d6736136ea896c1bfdc553e0e86e702c70d060d805696ca3e4e9e0961353860a";
 const AUDIENCE: &str = "23850000000000999";
 
-fn destination_with(fake: &FakeMeta, edit: impl FnOnce(&mut MetaConfig)) -> MetaDestination {
-    let mut c = MetaConfig::new("meta", Secret::new(FAKE_META_TOKEN));
+fn destination_with(
+    fake: &FakeMeta,
+    edit: impl FnOnce(&mut MetaConfig, &mut DeliverySettings),
+) -> MetaDestination {
+    let mut c = MetaConfig::new(Secret::new(FAKE_META_TOKEN));
     c.base_url = fake.base_url();
     c.ad_account_id = Some("act_1234567890".into());
-    edit(&mut c);
-    MetaDestination::new(c).unwrap()
+    let mut delivery = DELIVERY;
+    edit(&mut c, &mut delivery);
+    MetaDestination::new("meta", c, delivery).unwrap()
 }
 
 /// Sends for a koala audience synced to the platform audience AUDIENCE.
@@ -51,7 +55,7 @@ async fn send_to(
 }
 
 fn destination(fake: &FakeMeta) -> MetaDestination {
-    destination_with(fake, |_| {})
+    destination_with(fake, |_, _| {})
 }
 
 fn person(id: Option<&str>, email: Option<&str>, phone: Option<&str>) -> PersonRecord {
@@ -312,7 +316,7 @@ async fn invalid_parameters_and_flagged_audiences_are_permanent() {
 #[tokio::test]
 async fn server_errors_and_timeouts_are_retried_later() {
     let fake = FakeMeta::start().await;
-    let d = destination_with(&fake, |c| c.request_timeout = Duration::from_millis(200));
+    let d = destination_with(&fake, |_, d| d.request_timeout = Duration::from_millis(200));
     fake.push_response(ScriptedResponse::server_error());
     let out = send(&d, SyncOp::Add, &people()).await;
     assert_eq!(
@@ -345,9 +349,9 @@ async fn an_unreachable_meta_is_retried_later() {
         .local_addr()
         .unwrap()
         .port();
-    let mut c = MetaConfig::new("meta", Secret::new(FAKE_META_TOKEN));
+    let mut c = MetaConfig::new(Secret::new(FAKE_META_TOKEN));
     c.base_url = format!("http://127.0.0.1:{port}");
-    let d = MetaDestination::new(c).unwrap();
+    let d = MetaDestination::new("meta", c, DELIVERY).unwrap();
     let out = send(&d, SyncOp::Add, &people()).await;
     match out {
         SendOutcome::RetryLater {

@@ -5,17 +5,28 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
-use crate::destinations::Limits;
+use crate::destinations::DeliverySettings;
 
 /// Data Manager's limit on audience members in one ingest/remove request.
 pub const MAX_MEMBERS_PER_REQUEST: usize = 10_000;
 /// Data Manager's limit on user identifiers of one audience member.
 pub const MAX_IDENTIFIERS_PER_MEMBER: usize = 10;
 
+/// Engine defaults: full requests, and 5 requests/s = the project's
+/// 300/minute mutate quota.
+pub const DELIVERY: DeliverySettings = DeliverySettings {
+    max_batch: MAX_MEMBERS_PER_REQUEST,
+    concurrency: 2,
+    requests_per_second: 5.0,
+    min_linger: Duration::ZERO,
+    request_timeout: Duration::from_secs(30),
+    base_backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(300),
+};
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoogleConfig {
-    pub name: String,
     #[serde(default = "default_base_url")]
     pub base_url: String,
     /// OAuth 2.0 token endpoint (refresh-token grant).
@@ -65,25 +76,6 @@ pub struct GoogleConfig {
     /// Refresh the access token this long before it expires.
     #[serde(default = "default_token_margin", with = "humantime_serde")]
     pub token_refresh_margin: Duration,
-
-    // ---- Engine settings (same keys and meaning as MetaConfig). Moving to
-    // the shared delivery block: only these fields, their defaults and
-    // `limits()`/`engine_problems()` below change then.
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    #[serde(default = "default_requests_per_second")]
-    pub requests_per_second: f64,
-    #[serde(default, with = "humantime_serde")]
-    pub min_linger: Duration,
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
-    #[serde(default = "default_base_backoff", with = "humantime_serde")]
-    pub base_backoff: Duration,
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
-    // ---- end of engine settings.
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -205,14 +197,12 @@ impl TermsStatus {
 impl GoogleConfig {
     /// A config with every default, for code and tests that build one.
     pub fn new(
-        name: impl Into<String>,
         client_id: Secret,
         client_secret: Secret,
         refresh_token: Secret,
         operating_account_id: impl Into<String>,
     ) -> Self {
         GoogleConfig {
-            name: name.into(),
             base_url: default_base_url(),
             token_url: default_token_url(),
             client_id,
@@ -234,25 +224,6 @@ impl GoogleConfig {
             request_status_interval: default_status_interval(),
             request_status_max_tracked: default_status_max(),
             token_refresh_margin: default_token_margin(),
-            max_batch: default_max_batch(),
-            concurrency: default_concurrency(),
-            requests_per_second: default_requests_per_second(),
-            min_linger: Duration::ZERO,
-            request_timeout: default_request_timeout(),
-            base_backoff: default_base_backoff(),
-            max_backoff: default_max_backoff(),
-        }
-    }
-
-    /// The engine's limits for this destination.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_batch: self.max_batch.clamp(1, MAX_MEMBERS_PER_REQUEST),
-            concurrency: self.concurrency.max(1),
-            requests_per_second: self.requests_per_second,
-            min_linger: self.min_linger,
-            max_backoff: self.max_backoff,
-            base_backoff: self.base_backoff,
         }
     }
 
@@ -337,33 +308,6 @@ impl GoogleConfig {
         if self.request_status_max_tracked == 0 {
             p.push("request_status_max_tracked: must be at least 1".into());
         }
-        p.extend(self.engine_problems());
-        p
-    }
-
-    /// Engine settings' problems (moves with them to the shared block).
-    fn engine_problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if !(1..=MAX_MEMBERS_PER_REQUEST).contains(&self.max_batch) {
-            p.push(format!(
-                "max_batch: must be between 1 and {MAX_MEMBERS_PER_REQUEST}"
-            ));
-        }
-        if self.concurrency == 0 {
-            p.push("concurrency: must be at least 1".into());
-        }
-        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
-            p.push("requests_per_second: must be greater than 0".into());
-        }
-        if self.request_timeout.is_zero() {
-            p.push("request_timeout: must be greater than 0s".into());
-        }
-        if self.base_backoff.is_zero() {
-            p.push("base_backoff: must be greater than 0s".into());
-        }
-        if self.max_backoff < self.base_backoff {
-            p.push("max_backoff: must not be shorter than base_backoff".into());
-        }
         p
     }
 }
@@ -387,26 +331,6 @@ fn default_status_max() -> usize {
     1000
 }
 fn default_token_margin() -> Duration {
-    Duration::from_secs(300)
-}
-// Engine defaults.
-fn default_max_batch() -> usize {
-    MAX_MEMBERS_PER_REQUEST
-}
-fn default_concurrency() -> usize {
-    2
-}
-/// 300 requests/minute is the whole project's quota; 5/s matches it.
-fn default_requests_per_second() -> f64 {
-    5.0
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_base_backoff() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_max_backoff() -> Duration {
     Duration::from_secs(300)
 }
 
@@ -433,17 +357,19 @@ mod tests {
         customer_match_terms_of_service = "ACCEPTED"
     "#;
 
-    fn google(text: &str) -> Result<GoogleConfig, Vec<String>> {
+    fn google(text: &str) -> Result<(GoogleConfig, DeliverySettings), Vec<String>> {
         let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
-        match c.destinations.into_iter().next() {
-            Some(DestinationConfig::GoogleCustomerMatch(g)) => Ok(g),
-            other => panic!("not a google destination: {other:?}"),
+        let entry = c.destinations.into_iter().next().expect("a destination");
+        let delivery = entry.delivery();
+        match entry.platform {
+            DestinationConfig::GoogleCustomerMatch(g) => Ok((g, delivery)),
+            other => panic!("not a google destination: {}", other.type_name()),
         }
     }
 
     #[test]
     fn a_minimal_google_destination_takes_the_defaults() {
-        let g = google(MINIMAL).unwrap();
+        let (g, l) = google(MINIMAL).unwrap();
         assert_eq!(g.base_url, "https://datamanager.googleapis.com");
         assert_eq!(g.token_url, "https://oauth2.googleapis.com/token");
         assert_eq!(g.operating_account.account_type, AccountType::GoogleAds);
@@ -452,7 +378,6 @@ mod tests {
         assert_eq!(g.consent, None);
         assert_eq!(g.project_requests_per_minute, 300);
         assert_eq!(g.daily_quota_pause, None);
-        let l = g.limits();
         assert_eq!(l.max_batch, 10_000);
         assert_eq!(l.concurrency, 2);
         assert_eq!(l.requests_per_second, 5.0);
@@ -466,7 +391,7 @@ mod tests {
 
     #[test]
     fn a_full_google_destination_parses() {
-        let g = google(&format!(
+        let (g, l) = google(&format!(
             "{MINIMAL}\n{}",
             r#"
             login_account = { account_type = "GOOGLE_ADS", account_id = "1112223333" }
@@ -497,7 +422,7 @@ mod tests {
             Some("ads_ok")
         );
         assert_eq!(g.daily_quota_pause, Some(Duration::from_secs(600)));
-        assert_eq!(g.max_batch, 5000);
+        assert_eq!(l.max_batch, 5000);
     }
 
     #[test]

@@ -23,13 +23,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{
     Account, AccountType, AttributeMap, Consent, ConsentAttributes, ConsentStatus, GoogleConfig,
-    GoogleKey, TermsStatus, MAX_IDENTIFIERS_PER_MEMBER, MAX_MEMBERS_PER_REQUEST,
+    GoogleKey, TermsStatus, DELIVERY, MAX_IDENTIFIERS_PER_MEMBER, MAX_MEMBERS_PER_REQUEST,
 };
 pub use encoder::{Encoder, Member};
 pub use quota::next_pacific_midnight;
 pub use status::Verdict;
 
-use super::{Destination, Limits, SendOutcome, SendTarget, UNMATCHED};
+use super::{DeliverySettings, Destination, SendOutcome, SendTarget, UNMATCHED};
 use crate::store::{PersonRecord, SyncOp};
 use request::Endpoints;
 use service::Service;
@@ -46,7 +46,9 @@ struct Inner {
 }
 
 pub struct GoogleDestination {
+    name: String,
     config: GoogleConfig,
+    delivery: DeliverySettings,
     encoder: Encoder,
     inner: Arc<Inner>,
     /// Stops the status task when the destination is dropped (a reload
@@ -62,17 +64,20 @@ impl Drop for GoogleDestination {
 }
 
 impl GoogleDestination {
-    /// Fails on a config with problems (see [`GoogleConfig::problems`]).
-    pub fn new(config: GoogleConfig) -> anyhow::Result<Self> {
-        let problems = config.problems();
+    /// Fails on settings with problems (see [`GoogleConfig::problems`]
+    /// and [`DeliverySettings::problems`]).
+    pub fn new(
+        name: impl Into<String>,
+        config: GoogleConfig,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<Self> {
+        let name = name.into();
+        let mut problems = config.problems();
+        problems.extend(delivery.problems(MAX_MEMBERS_PER_REQUEST));
         if !problems.is_empty() {
-            anyhow::bail!("destination {:?}: {}", config.name, problems.join("; "));
+            anyhow::bail!("destination {name:?}: {}", problems.join("; "));
         }
-        let client = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("koala/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = crate::outbound::client(delivery.request_timeout)?;
         let tokens = TokenSource::new(
             client.clone(),
             config.token_url.clone(),
@@ -92,7 +97,7 @@ impl GoogleDestination {
         };
         let limiter = quota::project_limiter(&project, config.project_requests_per_minute);
         let inner = Inner {
-            name: config.name.clone(),
+            name: name.clone(),
             endpoints: Endpoints::new(
                 &config.base_url,
                 &config.operating_account,
@@ -113,7 +118,9 @@ impl GoogleDestination {
             inner: Arc::new(inner),
             cancel: CancellationToken::new(),
             poller: OnceLock::new(),
+            name,
             config,
+            delivery,
         })
     }
 
@@ -207,11 +214,11 @@ async fn poll_statuses(inner: Arc<Inner>, cancel: CancellationToken) {
 #[async_trait]
 impl Destination for GoogleDestination {
     fn name(&self) -> &str {
-        &self.config.name
+        &self.name
     }
 
-    fn limits(&self) -> Limits {
-        self.config.limits()
+    fn limits(&self) -> DeliverySettings {
+        self.delivery
     }
 
     fn can_address(&self, person: &PersonRecord) -> bool {
@@ -257,7 +264,7 @@ impl Destination for GoogleDestination {
                 .members(op, target.platform_audience_id, &members);
             let outcome = self.inner.service.mutate(req).await;
             tracing::debug!(
-                destination = %self.config.name,
+                destination = %self.name,
                 audience_id = target.platform_audience_id,
                 op = op.as_str(),
                 rows,
@@ -288,7 +295,6 @@ mod tests {
 
     fn config() -> GoogleConfig {
         let mut c = GoogleConfig::new(
-            "google",
             Secret::new("cid"),
             Secret::new("cs"),
             Secret::new("rt"),
@@ -301,7 +307,7 @@ mod tests {
 
     #[tokio::test]
     async fn unaddressable_people_are_unmatched_without_a_request() {
-        let d = GoogleDestination::new(config()).unwrap();
+        let d = GoogleDestination::new("google", config(), DELIVERY).unwrap();
         let def = AudienceDef {
             id: 1,
             name: "a".into(),
@@ -329,12 +335,20 @@ mod tests {
 
     #[test]
     fn a_config_with_problems_is_refused() {
-        let mut c = config();
-        c.max_batch = 0;
-        let e = GoogleDestination::new(c).err().unwrap().to_string();
+        let delivery = DeliverySettings {
+            max_batch: 0,
+            ..DELIVERY
+        };
+        let e = GoogleDestination::new("google", config(), delivery)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("max_batch"), "{e}");
         assert_eq!(
-            GoogleDestination::new(config()).unwrap().limits().max_batch,
+            GoogleDestination::new("google", config(), DELIVERY)
+                .unwrap()
+                .limits()
+                .max_batch,
             10_000
         );
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use governor::DefaultDirectRateLimiter;
-use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
@@ -119,7 +119,7 @@ impl Service {
 
 async fn read(resp: reqwest::Response) -> Result<Answer, SendOutcome> {
     let status = resp.status().as_u16();
-    let retry_after = retry_after(resp.headers());
+    let retry_after = crate::outbound::retry_after(resp.headers());
     let body = resp.bytes().await.map_err(|e| network_failure(&e))?;
     Ok(Answer {
         status,
@@ -301,42 +301,9 @@ fn describe_outcome(o: &SendOutcome) -> String {
     }
 }
 
-/// `Retry-After` in seconds.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs))
-}
-
-/// What went wrong with a request that got no answer, with its innermost
-/// cause (OS/TLS; never row data).
-pub fn what_failed(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_body() || e.is_decode() {
-        "broke off reading the answer"
-    } else {
-        "failed"
-    };
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    format!("{what}: {cause}")
-}
-
+/// Timeouts, refused connections, broken bodies: worth another try.
 fn network_failure(e: &reqwest::Error) -> SendOutcome {
-    SendOutcome::RetryLater {
-        after: None,
-        reason: format!("google request {}", what_failed(e)),
-    }
+    SendOutcome::transport("google", e)
 }
 
 #[cfg(test)]

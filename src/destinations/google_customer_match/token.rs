@@ -82,7 +82,10 @@ impl TokenSource {
             .await
             .map_err(|e| SendOutcome::RetryLater {
                 after: None,
-                reason: format!("google token endpoint {}", super::service::what_failed(&e)),
+                reason: format!(
+                    "google token endpoint {}",
+                    crate::outbound::describe_transport(&e)
+                ),
             })?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap_or_default();

@@ -5,14 +5,29 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
+use crate::destinations::DeliverySettings;
 
 /// Meta's hard limit on rows in one `/users` request.
 pub const MAX_ROWS_PER_REQUEST: usize = 10_000;
 
+/// Engine settings unless the table overrides them: full 10,000-row
+/// batches, two requests in flight, 5 requests/s (a conservative share of
+/// an ad account's quota).
+pub const DELIVERY: DeliverySettings = DeliverySettings {
+    max_batch: MAX_ROWS_PER_REQUEST,
+    concurrency: 2,
+    requests_per_second: 5.0,
+    min_linger: Duration::ZERO,
+    request_timeout: Duration::from_secs(30),
+    base_backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(300),
+};
+
+/// The platform keys of a `type = "meta_custom_audiences"` table (the
+/// engine keys every destination shares are in [`DeliverySettings`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetaConfig {
-    pub name: String,
     #[serde(default = "default_base_url")]
     pub base_url: String,
     #[serde(default = "default_api_version")]
@@ -27,20 +42,6 @@ pub struct MetaConfig {
     /// Which person attributes feed the name/address/birth keys.
     #[serde(default)]
     pub attribute_map: AttributeMap,
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    #[serde(default = "default_requests_per_second")]
-    pub requests_per_second: f64,
-    #[serde(default, with = "humantime_serde")]
-    pub min_linger: Duration,
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
-    #[serde(default = "default_base_backoff", with = "humantime_serde")]
-    pub base_backoff: Duration,
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
     #[serde(default)]
     pub customer_file_source: CustomerFileSource,
 }
@@ -165,22 +166,14 @@ impl CustomerFileSource {
 
 impl MetaConfig {
     /// A config with every default, for code and tests that build one.
-    pub fn new(name: impl Into<String>, access_token: Secret) -> Self {
+    pub fn new(access_token: Secret) -> Self {
         MetaConfig {
-            name: name.into(),
             base_url: default_base_url(),
             api_version: default_api_version(),
             access_token,
             ad_account_id: None,
             identifiers: default_identifiers(),
             attribute_map: AttributeMap::default(),
-            max_batch: default_max_batch(),
-            concurrency: default_concurrency(),
-            requests_per_second: default_requests_per_second(),
-            min_linger: Duration::ZERO,
-            request_timeout: default_request_timeout(),
-            base_backoff: default_base_backoff(),
-            max_backoff: default_max_backoff(),
             customer_file_source: CustomerFileSource::default(),
         }
     }
@@ -241,26 +234,6 @@ impl MetaConfig {
                 p.push(format!("attribute_map.{key}: must not be empty"));
             }
         }
-        if !(1..=MAX_ROWS_PER_REQUEST).contains(&self.max_batch) {
-            p.push(format!(
-                "max_batch: must be between 1 and {MAX_ROWS_PER_REQUEST}"
-            ));
-        }
-        if self.concurrency == 0 {
-            p.push("concurrency: must be at least 1".into());
-        }
-        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
-            p.push("requests_per_second: must be greater than 0".into());
-        }
-        if self.request_timeout.is_zero() {
-            p.push("request_timeout: must be greater than 0s".into());
-        }
-        if self.base_backoff.is_zero() {
-            p.push("base_backoff: must be greater than 0s".into());
-        }
-        if self.max_backoff < self.base_backoff {
-            p.push("max_backoff: must not be shorter than base_backoff".into());
-        }
         p
     }
 }
@@ -286,25 +259,6 @@ fn default_api_version() -> String {
 fn default_identifiers() -> Vec<MetaKey> {
     vec![MetaKey::ExternId, MetaKey::Email, MetaKey::Phone]
 }
-fn default_max_batch() -> usize {
-    MAX_ROWS_PER_REQUEST
-}
-fn default_concurrency() -> usize {
-    2
-}
-fn default_requests_per_second() -> f64 {
-    5.0
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_base_backoff() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(300)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,12 +271,15 @@ mod tests {
         webhook_signing_keys = ["k1"]
     "#;
 
-    fn meta(text: &str) -> Result<MetaConfig, Vec<String>> {
+    /// The platform config and the resolved engine settings of the
+    /// one destination in `text`.
+    fn meta(text: &str) -> Result<(MetaConfig, DeliverySettings), Vec<String>> {
         let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
-        match c.destinations.into_iter().next() {
-            Some(DestinationConfig::MetaCustomAudiences(m)) => Ok(m),
-            Some(other) => panic!("not a meta destination: {}", other.type_name()),
-            None => panic!("no destination parsed"),
+        let entry = c.destinations.into_iter().next().expect("a destination");
+        let delivery = entry.delivery();
+        match entry.platform {
+            DestinationConfig::MetaCustomAudiences(m) => Ok((m, delivery)),
+            other => panic!("not a meta destination: {}", other.type_name()),
         }
     }
 
@@ -337,6 +294,7 @@ mod tests {
             "#,
         )
         .unwrap();
+        let (m, d) = m;
         assert_eq!(m.base_url, "https://graph.facebook.com");
         assert_eq!(m.api_version, "v25.0");
         assert_eq!(
@@ -344,13 +302,13 @@ mod tests {
             [MetaKey::ExternId, MetaKey::Email, MetaKey::Phone]
         );
         assert_eq!(m.attribute_map, AttributeMap::default());
-        assert_eq!(m.max_batch, 10_000);
-        assert_eq!(m.concurrency, 2);
-        assert_eq!(m.requests_per_second, 5.0);
-        assert_eq!(m.min_linger, Duration::ZERO);
-        assert_eq!(m.request_timeout, Duration::from_secs(30));
-        assert_eq!(m.base_backoff, Duration::from_secs(1));
-        assert_eq!(m.max_backoff, Duration::from_secs(300));
+        assert_eq!(d.max_batch, 10_000);
+        assert_eq!(d.concurrency, 2);
+        assert_eq!(d.requests_per_second, 5.0);
+        assert_eq!(d.min_linger, Duration::ZERO);
+        assert_eq!(d.request_timeout, Duration::from_secs(30));
+        assert_eq!(d.base_backoff, Duration::from_secs(1));
+        assert_eq!(d.max_backoff, Duration::from_secs(300));
         assert_eq!(m.customer_file_source, CustomerFileSource::UserProvidedOnly);
         assert_eq!(m.ad_account_number(), None);
     }
@@ -380,16 +338,17 @@ mod tests {
             "#,
         )
         .unwrap();
+        let (m, d) = m;
         assert_eq!(m.access_token.expose(), "EAAB-secret");
         assert_eq!(m.ad_account_number(), Some("1234567890"));
         assert_eq!(m.identifiers.len(), 13);
         assert_eq!(m.attribute_map.first_name, "firstName");
         assert_eq!(m.attribute_map.date_of_birth, "birthday");
         assert_eq!(m.attribute_map.last_name, "last_name");
-        assert_eq!(m.max_batch, 500);
-        assert_eq!(m.requests_per_second, 2.0);
-        assert_eq!(m.min_linger, Duration::from_secs(5));
-        assert_eq!(m.max_backoff, Duration::from_secs(600));
+        assert_eq!(d.max_batch, 500);
+        assert_eq!(d.requests_per_second, 2.0);
+        assert_eq!(d.min_linger, Duration::from_secs(5));
+        assert_eq!(d.max_backoff, Duration::from_secs(600));
         assert_eq!(
             m.customer_file_source,
             CustomerFileSource::BothUserAndPartnerProvided
@@ -454,7 +413,7 @@ mod tests {
 
     #[test]
     fn extern_id_alone_is_allowed() {
-        let mut c = MetaConfig::new("m", Secret::new("t"));
+        let mut c = MetaConfig::new(Secret::new("t"));
         c.identifiers = vec![MetaKey::ExternId];
         c.ad_account_id = Some("1234".into());
         assert!(c.problems().is_empty(), "{:?}", c.problems());

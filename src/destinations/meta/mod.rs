@@ -11,34 +11,47 @@ mod service;
 
 use async_trait::async_trait;
 
-pub use config::{AttributeMap, CustomerFileSource, MetaConfig, MetaKey, MAX_ROWS_PER_REQUEST};
+pub use config::{
+    AttributeMap, CustomerFileSource, MetaConfig, MetaKey, DELIVERY, MAX_ROWS_PER_REQUEST,
+};
 pub use encoder::{Encoder, Payload};
 pub use request::{Endpoints, MetaRequest};
 pub use service::Service;
 
-use super::{Destination, Limits, ReplaceSession, SendOutcome, SendTarget, UNMATCHED};
+use super::{DeliverySettings, Destination, ReplaceSession, SendOutcome, SendTarget, UNMATCHED};
 use crate::audiences::AudienceDef;
 use crate::store::{PersonRecord, SyncOp};
 
 pub struct MetaDestination {
+    name: String,
     config: MetaConfig,
+    delivery: DeliverySettings,
     encoder: Encoder,
     endpoints: Endpoints,
     service: Service,
 }
 
 impl MetaDestination {
-    /// Fails on a config with problems (see [`MetaConfig::problems`]).
-    pub fn new(config: MetaConfig) -> anyhow::Result<Self> {
-        let problems = config.problems();
+    /// Fails on settings with problems (see [`MetaConfig::problems`] and
+    /// [`DeliverySettings::problems`]).
+    pub fn new(
+        name: impl Into<String>,
+        config: MetaConfig,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<Self> {
+        let name = name.into();
+        let mut problems = config.problems();
+        problems.extend(delivery.problems(MAX_ROWS_PER_REQUEST));
         if !problems.is_empty() {
-            anyhow::bail!("destination {:?}: {}", config.name, problems.join("; "));
+            anyhow::bail!("destination {name:?}: {}", problems.join("; "));
         }
         Ok(MetaDestination {
             encoder: Encoder::new(&config.identifiers, config.attribute_map.clone()),
             endpoints: Endpoints::new(&config.base_url, &config.api_version)?,
-            service: Service::new(config.request_timeout, config.access_token.clone())?,
+            service: Service::new(delivery.request_timeout, config.access_token.clone())?,
+            name,
             config,
+            delivery,
         })
     }
 
@@ -54,19 +67,11 @@ impl MetaDestination {
 #[async_trait]
 impl Destination for MetaDestination {
     fn name(&self) -> &str {
-        &self.config.name
+        &self.name
     }
 
-    fn limits(&self) -> Limits {
-        let c = &self.config;
-        Limits {
-            max_batch: c.max_batch.clamp(1, MAX_ROWS_PER_REQUEST),
-            concurrency: c.concurrency.max(1),
-            requests_per_second: c.requests_per_second,
-            min_linger: c.min_linger,
-            max_backoff: c.max_backoff,
-            base_backoff: c.base_backoff,
-        }
+    fn limits(&self) -> DeliverySettings {
+        self.delivery
     }
 
     fn can_address(&self, person: &PersonRecord) -> bool {
@@ -98,7 +103,7 @@ impl Destination for MetaDestination {
         );
         let result = self.service.create(req).await;
         tracing::debug!(
-            destination = %self.config.name,
+            destination = %self.name,
             audience = %audience.name,
             ok = result.is_ok(),
             "meta create audience"
@@ -129,7 +134,7 @@ impl Destination for MetaDestination {
             let req = self.endpoints.users(audience_id, op, &payload);
             let outcome = self.service.users(req, rows).await;
             tracing::debug!(
-                destination = %self.config.name,
+                destination = %self.name,
                 audience_id,
                 op = op.as_str(),
                 rows,
@@ -187,7 +192,7 @@ impl Destination for MetaDestination {
         let req = self.endpoints.users_replace(audience_id, session, &payload);
         let outcome = self.service.users(req, rows).await;
         tracing::debug!(
-            destination = %self.config.name,
+            destination = %self.name,
             audience_id,
             batch_seq = session.batch_seq,
             last_batch = session.last_batch,
@@ -212,12 +217,15 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn limits_come_from_the_config() {
-        let mut c = MetaConfig::new("meta", Secret::new("t"));
-        c.max_batch = 500;
-        c.concurrency = 3;
-        c.min_linger = Duration::from_secs(2);
-        let d = MetaDestination::new(c).unwrap();
+    fn limits_come_from_the_settings() {
+        let c = MetaConfig::new(Secret::new("t"));
+        let delivery = DeliverySettings {
+            max_batch: 500,
+            concurrency: 3,
+            min_linger: Duration::from_secs(2),
+            ..DELIVERY
+        };
+        let d = MetaDestination::new("meta", c, delivery).unwrap();
         let l = d.limits();
         assert_eq!(l.max_batch, 500);
         assert_eq!(l.concurrency, 3);
@@ -229,18 +237,24 @@ mod tests {
 
     #[test]
     fn a_config_with_problems_is_refused() {
-        let mut c = MetaConfig::new("meta", Secret::new("t"));
-        c.max_batch = 0;
-        let e = MetaDestination::new(c).err().unwrap().to_string();
+        let c = MetaConfig::new(Secret::new("t"));
+        let delivery = DeliverySettings {
+            max_batch: 0,
+            ..DELIVERY
+        };
+        let e = MetaDestination::new("meta", c, delivery)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("max_batch"), "{e}");
     }
 
     #[tokio::test]
     async fn a_batch_of_unaddressable_people_is_unmatched_without_a_request() {
-        let mut c = MetaConfig::new("meta", Secret::new("t"));
+        let mut c = MetaConfig::new(Secret::new("t"));
         // Nothing listens here: a request would come back as a retry.
         c.base_url = "http://127.0.0.1:9".into();
-        let d = MetaDestination::new(c).unwrap();
+        let d = MetaDestination::new("meta", c, DELIVERY).unwrap();
         let def = audience_def();
         let target = SendTarget {
             audience: &def,
@@ -266,9 +280,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_replace_batch_that_cannot_be_sent_is_refused_without_a_request() {
-        let mut c = MetaConfig::new("meta", Secret::new("t"));
+        let mut c = MetaConfig::new(Secret::new("t"));
         c.base_url = "http://127.0.0.1:9".into();
-        let d = MetaDestination::new(c).unwrap();
+        let d = MetaDestination::new("meta", c, DELIVERY).unwrap();
         assert!(d.supports_replace());
         let session = ReplaceSession {
             session_id: 1,
@@ -302,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn create_needs_an_ad_account() {
-        let d = MetaDestination::new(MetaConfig::new("meta", Secret::new("t"))).unwrap();
+        let d = MetaDestination::new("meta", MetaConfig::new(Secret::new("t")), DELIVERY).unwrap();
         let def = audience_def();
         assert_eq!(
             d.create_audience(&def).await,

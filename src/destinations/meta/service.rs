@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::request::MetaRequest;
 use crate::config::Secret;
 use crate::destinations::SendOutcome;
+use crate::outbound::{self, Answer, StatusClass};
 
 /// Throttles: retry after a pause.
 const THROTTLE_CODES: &[i64] = &[4, 17, 32, 341, 368, 613, 80003, 80004];
@@ -24,21 +25,12 @@ pub struct Service {
     token: Secret,
 }
 
-/// A status, the Retry-After it carried and its body.
-struct Answer {
-    status: u16,
-    retry_after: Option<Duration>,
-    body: bytes::Bytes,
-}
-
 impl Service {
     pub fn new(timeout: Duration, token: Secret) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("koala/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Service { client, token })
+        Ok(Service {
+            client: outbound::client(timeout)?,
+            token,
+        })
     }
 
     /// Sends a `/users` request carrying `rows` rows.
@@ -56,23 +48,15 @@ impl Service {
     }
 
     async fn call(&self, req: MetaRequest) -> Result<Answer, SendOutcome> {
-        let resp = self
+        let request = self
             .client
             .request(req.method, req.url)
             .bearer_auth(self.token.expose())
             .header(CONTENT_TYPE, "application/json")
-            .body(req.body)
-            .send()
+            .body(req.body);
+        outbound::send(request)
             .await
-            .map_err(|e| network_failure(&e))?;
-        let status = resp.status().as_u16();
-        let retry_after = retry_after(resp.headers());
-        let body = resp.bytes().await.map_err(|e| network_failure(&e))?;
-        Ok(Answer {
-            status,
-            retry_after,
-            body,
-        })
+            .map_err(|e| SendOutcome::transport("meta", &e))
     }
 }
 
@@ -164,28 +148,24 @@ fn classify_failure(status: u16, retry_after: Option<Duration>, body: &[u8]) -> 
     }
 }
 
-/// Classification when the body does not say more than the status.
+/// Classification when the body does not say more than the status: the
+/// shared reading, except that a 404/405 without a Graph error is not
+/// Graph's answer at all — base_url or api_version is wrong, and every
+/// row would die the same way — so the destination pauses instead.
 fn by_status(status: u16, retry_after: Option<Duration>, reason: String) -> SendOutcome {
     match status {
-        408 | 429 | 500..=599 => SendOutcome::RetryLater {
-            after: retry_after,
-            reason,
-        },
-        401 | 403 => SendOutcome::DestinationDown { reason },
-        // Not Graph's answer at all: base_url or api_version is wrong, and
-        // every row would die the same way. Pause instead.
         404 | 405 => SendOutcome::DestinationDown {
             reason: format!("{reason} without a Graph error: check base_url and api_version"),
         },
-        400..=499 => SendOutcome::Permanent { reason },
-        // A redirect reqwest did not follow, or a 2xx carrying an error:
-        // nothing will go better until someone looks at base_url.
-        _ => SendOutcome::DestinationDown { reason },
+        // A 2xx carrying an error: nothing will go better until someone
+        // looks at base_url.
+        200..=299 => SendOutcome::DestinationDown { reason },
+        _ => SendOutcome::from_status(StatusClass::of(status), retry_after, reason),
     }
 }
 
 fn is_success(status: u16) -> bool {
-    (200..300).contains(&status)
+    StatusClass::of(status) == StatusClass::Success
 }
 
 fn graph_error(body: &[u8]) -> Option<GraphError> {
@@ -217,40 +197,6 @@ fn count(v: &Value, key: &str) -> Option<usize> {
         Value::Number(n) => n.as_u64().map(|n| n as usize),
         Value::String(s) => s.parse().ok(),
         _ => None,
-    }
-}
-
-/// `Retry-After` in seconds (the HTTP-date form is not used by Graph).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs))
-}
-
-/// Timeouts, refused connections, broken bodies: all worth another try.
-fn network_failure(e: &reqwest::Error) -> SendOutcome {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_body() || e.is_decode() {
-        "broke off reading the answer"
-    } else {
-        "failed"
-    };
-    // The innermost cause names the OS/TLS problem; it carries no row data.
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    SendOutcome::RetryLater {
-        after: None,
-        reason: format!("meta request {what}: {cause}"),
     }
 }
 
@@ -406,17 +352,5 @@ mod tests {
                 .class(),
             "retry"
         );
-    }
-
-    #[test]
-    fn retry_after_is_read_in_seconds() {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, "12".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(12)));
-        h.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&h), None);
     }
 }

@@ -6,17 +6,28 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
-use crate::destinations::Limits;
+use crate::destinations::DeliverySettings;
 use crate::normalization::tiktok::PhoneFormat;
 
 /// The most rows koala allows in one `/segment/mapping/` request.
 /// TikTok's own limit is UNCONFIRMED; see `max_batch`.
 pub const MAX_ROWS_LIMIT: usize = 10_000;
 
+/// Engine defaults. TikTok's batch limit and rate are UNCONFIRMED:
+/// 1,000 rows and 5 requests/s are cautious guesses, both overridable.
+pub const DELIVERY: DeliverySettings = DeliverySettings {
+    max_batch: 1000,
+    concurrency: 2,
+    requests_per_second: 5.0,
+    min_linger: Duration::ZERO,
+    request_timeout: Duration::from_secs(30),
+    base_backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(300),
+};
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TiktokConfig {
-    pub name: String,
     #[serde(default = "default_base_url")]
     pub base_url: String,
     /// Sent as `Access-Token: <token>` (no `Bearer`).
@@ -40,26 +51,6 @@ pub struct TiktokConfig {
     /// Body `code`s that mean the token or its permissions are wrong.
     #[serde(default = "default_auth_codes")]
     pub auth_codes: Vec<i64>,
-
-    // ---- Engine settings (same keys and meaning as MetaConfig). Moving to
-    // the shared delivery block: only these fields, their defaults and
-    // `limits()`/`engine_problems()` below change then.
-    /// TikTok's batch limit is UNCONFIRMED: 1,000 is a cautious default.
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    #[serde(default = "default_requests_per_second")]
-    pub requests_per_second: f64,
-    #[serde(default, with = "humantime_serde")]
-    pub min_linger: Duration,
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
-    #[serde(default = "default_base_backoff", with = "humantime_serde")]
-    pub base_backoff: Duration,
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
-    // ---- end of engine settings.
 }
 
 /// Declaration order is the `id_schema` order.
@@ -80,13 +71,8 @@ impl TiktokKey {
 }
 
 impl TiktokConfig {
-    pub fn new(
-        name: impl Into<String>,
-        access_token: Secret,
-        advertiser_id: impl Into<String>,
-    ) -> Self {
+    pub fn new(access_token: Secret, advertiser_id: impl Into<String>) -> Self {
         TiktokConfig {
-            name: name.into(),
             base_url: default_base_url(),
             access_token,
             advertiser_id: advertiser_id.into(),
@@ -95,24 +81,6 @@ impl TiktokConfig {
             remove_action: default_remove_action(),
             retry_codes: default_retry_codes(),
             auth_codes: default_auth_codes(),
-            max_batch: default_max_batch(),
-            concurrency: default_concurrency(),
-            requests_per_second: default_requests_per_second(),
-            min_linger: Duration::ZERO,
-            request_timeout: default_request_timeout(),
-            base_backoff: default_base_backoff(),
-            max_backoff: default_max_backoff(),
-        }
-    }
-
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_batch: self.max_batch.clamp(1, MAX_ROWS_LIMIT),
-            concurrency: self.concurrency.max(1),
-            requests_per_second: self.requests_per_second,
-            min_linger: self.min_linger,
-            max_backoff: self.max_backoff,
-            base_backoff: self.base_backoff,
         }
     }
 
@@ -144,31 +112,6 @@ impl TiktokConfig {
         if self.remove_action.trim().is_empty() || self.remove_action == "add" {
             p.push("remove_action: must be a non-empty action other than \"add\"".into());
         }
-        p.extend(self.engine_problems());
-        p
-    }
-
-    /// Engine settings' problems (moves with them to the shared block).
-    fn engine_problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if !(1..=MAX_ROWS_LIMIT).contains(&self.max_batch) {
-            p.push(format!("max_batch: must be between 1 and {MAX_ROWS_LIMIT}"));
-        }
-        if self.concurrency == 0 {
-            p.push("concurrency: must be at least 1".into());
-        }
-        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
-            p.push("requests_per_second: must be greater than 0".into());
-        }
-        if self.request_timeout.is_zero() {
-            p.push("request_timeout: must be greater than 0s".into());
-        }
-        if self.base_backoff.is_zero() {
-            p.push("base_backoff: must be greater than 0s".into());
-        }
-        if self.max_backoff < self.base_backoff {
-            p.push("max_backoff: must not be shorter than base_backoff".into());
-        }
         p
     }
 }
@@ -188,25 +131,6 @@ fn default_retry_codes() -> Vec<i64> {
 fn default_auth_codes() -> Vec<i64> {
     vec![40001, 40105]
 }
-// Engine defaults.
-fn default_max_batch() -> usize {
-    1000
-}
-fn default_concurrency() -> usize {
-    2
-}
-fn default_requests_per_second() -> f64 {
-    5.0
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_base_backoff() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(300)
-}
 
 #[cfg(test)]
 mod tests {
@@ -220,17 +144,19 @@ mod tests {
         webhook_signing_keys = ["k1"]
     "#;
 
-    fn tiktok(text: &str) -> Result<TiktokConfig, Vec<String>> {
+    fn tiktok(text: &str) -> Result<(TiktokConfig, DeliverySettings), Vec<String>> {
         let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
-        match c.destinations.into_iter().next() {
-            Some(DestinationConfig::TiktokAudiences(t)) => Ok(t),
-            other => panic!("not a tiktok destination: {other:?}"),
+        let entry = c.destinations.into_iter().next().expect("a destination");
+        let delivery = entry.delivery();
+        match entry.platform {
+            DestinationConfig::TiktokAudiences(t) => Ok((t, delivery)),
+            other => panic!("not a tiktok destination: {}", other.type_name()),
         }
     }
 
     #[test]
     fn a_minimal_tiktok_destination_takes_the_defaults() {
-        let t = tiktok(
+        let (t, l) = tiktok(
             "[[destinations]]\nname = \"tt\"\ntype = \"tiktok_audiences\"\naccess_token = \"tok\"\nadvertiser_id = \"7001\"",
         )
         .unwrap();
@@ -240,20 +166,20 @@ mod tests {
         assert_eq!(t.remove_action, "delete");
         assert_eq!(t.retry_codes, [40100]);
         assert_eq!(t.auth_codes, [40001, 40105]);
-        assert_eq!(t.limits().max_batch, 1000);
+        assert_eq!(l.max_batch, 1000);
         assert!(!format!("{t:?}").contains("tok\""));
     }
 
     #[test]
     fn settings_parse_and_problems_name_their_key() {
-        let t = tiktok(
+        let (t, l) = tiktok(
             "[[destinations]]\nname = \"tt\"\ntype = \"tiktok_audiences\"\naccess_token = \"tok\"\nadvertiser_id = \"7001\"\n\
              phone_format = \"digits\"\nremove_action = \"remove\"\nretry_codes = [40100, 40016]\nmax_batch = 500",
         )
         .unwrap();
         assert_eq!(t.phone_format, PhoneFormat::Digits);
         assert_eq!(t.remove_action, "remove");
-        assert_eq!(t.max_batch, 500);
+        assert_eq!(l.max_batch, 500);
         let e = tiktok(
             "[[destinations]]\nname = \"tt\"\ntype = \"tiktok_audiences\"\naccess_token = \"Bearer x\"\nadvertiser_id = \"adv\"\n\
              remove_action = \"add\"\nmax_batch = 0\nidentifiers = []",

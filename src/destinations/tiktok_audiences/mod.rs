@@ -13,41 +13,53 @@ mod service;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use config::{TiktokConfig, TiktokKey, MAX_ROWS_LIMIT};
+pub use config::{TiktokConfig, TiktokKey, DELIVERY, MAX_ROWS_LIMIT};
 pub use encoder::Encoder;
 pub use service::CodeTable;
 
-use super::{Destination, Limits, SendOutcome, SendTarget, UNMATCHED};
+use super::{DeliverySettings, Destination, SendOutcome, SendTarget, UNMATCHED};
 use crate::audiences::AudienceDef;
 use crate::store::{PersonRecord, SyncOp};
 use request::Endpoints;
 use service::Service;
 
 pub struct TiktokDestination {
+    name: String,
     config: TiktokConfig,
+    delivery: DeliverySettings,
     encoder: Encoder,
     endpoints: Endpoints,
     service: Service,
 }
 
 impl TiktokDestination {
-    pub fn new(config: TiktokConfig) -> anyhow::Result<Self> {
-        let problems = config.problems();
+    /// Fails on settings with problems (see [`TiktokConfig::problems`]
+    /// and [`DeliverySettings::problems`]).
+    pub fn new(
+        name: impl Into<String>,
+        config: TiktokConfig,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<Self> {
+        let name = name.into();
+        let mut problems = config.problems();
+        problems.extend(delivery.problems(MAX_ROWS_LIMIT));
         if !problems.is_empty() {
-            anyhow::bail!("destination {:?}: {}", config.name, problems.join("; "));
+            anyhow::bail!("destination {name:?}: {}", problems.join("; "));
         }
         Ok(TiktokDestination {
             encoder: Encoder::new(&config.identifiers, config.phone_format),
             endpoints: Endpoints::new(&config.base_url, &config.advertiser_id)?,
             service: Service::new(
-                config.request_timeout,
+                delivery.request_timeout,
                 config.access_token.clone(),
                 CodeTable {
                     retry: config.retry_codes.clone(),
                     auth: config.auth_codes.clone(),
                 },
             )?,
+            name,
             config,
+            delivery,
         })
     }
 
@@ -59,11 +71,11 @@ impl TiktokDestination {
 #[async_trait]
 impl Destination for TiktokDestination {
     fn name(&self) -> &str {
-        &self.config.name
+        &self.name
     }
 
-    fn limits(&self) -> Limits {
-        self.config.limits()
+    fn limits(&self) -> DeliverySettings {
+        self.delivery
     }
 
     fn can_address(&self, person: &PersonRecord) -> bool {
@@ -119,7 +131,7 @@ impl Destination for TiktokDestination {
             let req = self.endpoints.mapping(action, &schema, rows);
             let outcome = self.service.call(req).await;
             tracing::debug!(
-                destination = %self.config.name,
+                destination = %self.name,
                 audience_id = target.platform_audience_id,
                 op = op.as_str(),
                 rows = n,
@@ -147,9 +159,9 @@ mod tests {
 
     #[tokio::test]
     async fn unaddressable_people_are_unmatched_without_a_request() {
-        let mut c = TiktokConfig::new("tt", Secret::new("t"), "7001");
+        let mut c = TiktokConfig::new(Secret::new("t"), "7001");
         c.base_url = "http://127.0.0.1:9".into();
-        let d = TiktokDestination::new(c).unwrap();
+        let d = TiktokDestination::new("tt", c, DELIVERY).unwrap();
         let def = AudienceDef {
             id: 1,
             name: "a".into(),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
 use super::request::TiktokRequest;
@@ -27,11 +27,7 @@ pub struct Service {
 
 impl Service {
     pub fn new(timeout: Duration, token: Secret, codes: CodeTable) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("koala/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = crate::outbound::client(timeout)?;
         Ok(Service {
             client,
             token,
@@ -49,12 +45,9 @@ impl Service {
             .body(req.body)
             .send()
             .await
-            .map_err(|e| SendOutcome::RetryLater {
-                after: None,
-                reason: format!("tiktok request {}", what_failed(&e)),
-            })?;
+            .map_err(|e| SendOutcome::transport("tiktok", &e))?;
         let status = resp.status().as_u16();
-        let after = retry_after(resp.headers());
+        let after = crate::outbound::retry_after(resp.headers());
         let body = resp.bytes().await.map_err(|_| SendOutcome::RetryLater {
             after: None,
             reason: "tiktok request broke off reading the answer".into(),
@@ -116,34 +109,6 @@ fn by_code(code: i64, after: Option<Duration>, reason: String, codes: &CodeTable
     } else {
         SendOutcome::Permanent { reason }
     }
-}
-
-/// Timeouts, refused connections: the innermost cause names the OS/TLS
-/// problem and carries no row data.
-fn what_failed(e: &reqwest::Error) -> String {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "failed"
-    };
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    format!("{what}: {cause}")
-}
-
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
