@@ -140,6 +140,7 @@ pub async fn start_with(
             catalog.clone(),
             destinations,
             configured_ids,
+            config.mappings(),
             wakers.clone(),
             config.server.shutdown_grace,
         )

@@ -2,7 +2,7 @@
 //! variables (`KOALA_SERVER__LISTEN=0.0.0.0:8080`; `__` separates levels).
 //! Secrets may be written as `${ENV_VAR}` so they never sit in the file.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,7 +12,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::destinations::{DeliveryOverrides, DeliverySettings};
+use crate::destinations::{DeliveryOverrides, DeliverySettings, FieldSpec, MapConfig, Mapping};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +186,10 @@ pub struct SyncTarget {
     /// and records its id.
     #[serde(default)]
     pub audience_id: Option<String>,
+    /// Attribute mapping for this audience at this destination, over the
+    /// destination's own `map`.
+    #[serde(default)]
+    pub map: MapConfig,
 }
 
 /// One `[[destinations]]` table: its name, the engine settings every
@@ -196,6 +200,9 @@ pub struct SyncTarget {
 pub struct DestinationEntry {
     pub name: String,
     pub delivery: DeliveryOverrides,
+    /// Attribute mapping for every audience synced here (a sync target's
+    /// own `map` overrides it).
+    pub map: MapConfig,
     pub platform: DestinationConfig,
 }
 
@@ -216,11 +223,18 @@ impl<'de> Deserialize<'de> for DestinationEntry {
             .collect();
         let delivery =
             serde_json::from_value(serde_json::Value::Object(shared)).map_err(D::Error::custom)?;
+        let map = match table.remove("map") {
+            Some(m) => {
+                serde_json::from_value(m).map_err(|e| D::Error::custom(format!("map: {e}")))?
+            }
+            None => MapConfig::new(),
+        };
         let platform =
             serde_json::from_value(serde_json::Value::Object(table)).map_err(D::Error::custom)?;
         Ok(DestinationEntry {
             name,
             delivery,
+            map,
             platform,
         })
     }
@@ -244,7 +258,19 @@ impl DestinationEntry {
     pub fn problems(&self) -> Vec<String> {
         let mut p = self.delivery().problems(self.platform.max_batch_limit());
         p.extend(self.platform.problems());
+        if let Err(map) = self.mapping(&MapConfig::new()) {
+            p.extend(map);
+        }
         p
+    }
+
+    /// The mapping for an audience whose sync target says `target`.
+    pub fn mapping(&self, target: &MapConfig) -> Result<Mapping, Vec<String>> {
+        Mapping::resolve(
+            self.platform.fields(),
+            self.platform.takes_any_field(),
+            &[&self.map, target],
+        )
     }
 }
 
@@ -276,6 +302,27 @@ impl DestinationConfig {
             DestinationConfig::TiktokAudiences(_) => {
                 crate::destinations::tiktok_audiences::DELIVERY
             }
+        }
+    }
+
+    /// The fields a mapping may feed.
+    fn fields(&self) -> &'static [FieldSpec] {
+        match self {
+            DestinationConfig::MetaCustomAudiences(_) => crate::destinations::meta::FIELDS,
+            DestinationConfig::GoogleCustomerMatch(_) => {
+                crate::destinations::google_customer_match::FIELDS
+            }
+            DestinationConfig::TiktokAudiences(_) => crate::destinations::tiktok_audiences::FIELDS,
+        }
+    }
+
+    /// True for platforms that take fields they do not declare (analytics,
+    /// warehouses); ad platforms take only their own.
+    fn takes_any_field(&self) -> bool {
+        match self {
+            DestinationConfig::MetaCustomAudiences(_)
+            | DestinationConfig::GoogleCustomerMatch(_)
+            | DestinationConfig::TiktokAudiences(_) => false,
         }
     }
 
@@ -542,6 +589,15 @@ impl Config {
                         s.destination
                     ));
                 }
+                if !s.map.is_empty() {
+                    if let Some(Err(problems)) =
+                        self.destination(&s.destination).map(|d| d.mapping(&s.map))
+                    {
+                        for problem in problems {
+                            p.push(format!("audiences[{i}].sync[{j}].{problem}"));
+                        }
+                    }
+                }
             }
         }
         p
@@ -549,6 +605,24 @@ impl Config {
 
     pub fn audience(&self, name: &str) -> Option<&AudienceConfig> {
         self.audiences.iter().find(|a| a.name == name)
+    }
+
+    pub fn destination(&self, name: &str) -> Option<&DestinationEntry> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+
+    /// The mapping of every sync target, by (destination, audience name).
+    /// A config that passed [`Config::problems`] resolves every one.
+    pub fn mappings(&self) -> HashMap<(String, String), Mapping> {
+        self.audiences
+            .iter()
+            .flat_map(|a| {
+                a.sync.iter().filter_map(move |s| {
+                    let mapping = self.destination(&s.destination)?.mapping(&s.map).ok()?;
+                    Some(((s.destination.clone(), a.name.clone()), mapping))
+                })
+            })
+            .collect()
     }
 
     /// The store URL with any password replaced, for messages and logs.

@@ -144,6 +144,18 @@ fn describe() {
         "koala_audience_identifier_coverage",
         "Members per audience with an email, a phone, neither, or only an unusable one"
     );
+    describe_gauge!(
+        "koala_audience_addressable_members",
+        "Members a destination holds for an audience (acknowledged minus those it cannot address)"
+    );
+    describe_counter!(
+        "koala_mapping_coercion_failures_total",
+        "Mapped attribute values that could not be coerced to the platform field's type, by destination and field"
+    );
+    describe_counter!(
+        "koala_destination_batch_splits_total",
+        "Batches refused as a whole and split to find the bad rows"
+    );
     describe_counter!(
         "koala_resync_runs_total",
         "Resync jobs finished, by audience, trigger and outcome"

@@ -93,45 +93,55 @@ BEGIN
     WHERE m.audience_id IN (SELECT audience_id FROM audiences) AND m.person_id = NEW.person_id AND m.is_member);
 END;
 
+-- A member the destination could not address (none of its identifiers)
+-- is acknowledged without a request and marked, so its coverage can say
+-- how many members it actually holds.
+ALTER TABLE sync_state ADD COLUMN unmatched BOOLEAN NOT NULL DEFAULT FALSE;
+
 -- Delivery work per (destination, audience): what the admin API and the
 -- pending gauges show. Pending = desired differs from acknowledged and the
--- row is not a dead letter.
+-- row is not a dead letter. `unmatched_members`: acknowledged in without
+-- being sendable.
 CREATE TABLE sync_counts (
     destination     TEXT NOT NULL,
     audience_id     BIGINT NOT NULL,
     pending_adds    BIGINT NOT NULL DEFAULT 0,
     pending_removes BIGINT NOT NULL DEFAULT 0,
     acked_members   BIGINT NOT NULL DEFAULT 0,
+    unmatched_members BIGINT NOT NULL DEFAULT 0,
     dead_letters    BIGINT NOT NULL DEFAULT 0,
     last_ack_at     BIGINT,
     PRIMARY KEY (destination, audience_id)
 ) WITHOUT ROWID;
 
-INSERT INTO sync_counts (destination, audience_id, pending_adds, pending_removes, acked_members, dead_letters, last_ack_at)
+INSERT INTO sync_counts (destination, audience_id, pending_adds, pending_removes, acked_members, unmatched_members, dead_letters, last_ack_at)
 SELECT destination, audience_id,
        SUM(pending AND dead_reason IS NULL AND desired),
        SUM(pending AND dead_reason IS NULL AND NOT desired),
        SUM(COALESCE(acked, 0)),
+       SUM(COALESCE(acked, 0) AND unmatched),
        SUM(dead_reason IS NOT NULL),
        MAX(acked_at)
 FROM sync_state GROUP BY destination, audience_id;
 
 CREATE TRIGGER sync_counts_insert AFTER INSERT ON sync_state
 BEGIN
-  INSERT INTO sync_counts (destination, audience_id, pending_adds, pending_removes, acked_members, dead_letters, last_ack_at)
+  INSERT INTO sync_counts (destination, audience_id, pending_adds, pending_removes, acked_members, unmatched_members, dead_letters, last_ack_at)
   VALUES (NEW.destination, NEW.audience_id,
           NEW.pending AND NEW.dead_reason IS NULL AND NEW.desired,
           NEW.pending AND NEW.dead_reason IS NULL AND NOT NEW.desired,
-          COALESCE(NEW.acked, 0), NEW.dead_reason IS NOT NULL, NEW.acked_at)
+          COALESCE(NEW.acked, 0), COALESCE(NEW.acked, 0) AND NEW.unmatched,
+          NEW.dead_reason IS NOT NULL, NEW.acked_at)
   ON CONFLICT (destination, audience_id) DO UPDATE SET
     pending_adds = pending_adds + excluded.pending_adds,
     pending_removes = pending_removes + excluded.pending_removes,
     acked_members = acked_members + excluded.acked_members,
+    unmatched_members = unmatched_members + excluded.unmatched_members,
     dead_letters = dead_letters + excluded.dead_letters,
     last_ack_at = MAX(COALESCE(last_ack_at, excluded.last_ack_at), COALESCE(excluded.last_ack_at, last_ack_at));
 END;
 
-CREATE TRIGGER sync_counts_update AFTER UPDATE OF pending, desired, dead_reason, acked, acked_at ON sync_state
+CREATE TRIGGER sync_counts_update AFTER UPDATE OF pending, desired, dead_reason, acked, acked_at, unmatched ON sync_state
 BEGIN
   UPDATE sync_counts SET
     pending_adds = pending_adds + (NEW.pending AND NEW.dead_reason IS NULL AND NEW.desired)
@@ -139,6 +149,8 @@ BEGIN
     pending_removes = pending_removes + (NEW.pending AND NEW.dead_reason IS NULL AND NOT NEW.desired)
                                       - (OLD.pending AND OLD.dead_reason IS NULL AND NOT OLD.desired),
     acked_members = acked_members + COALESCE(NEW.acked, 0) - COALESCE(OLD.acked, 0),
+    unmatched_members = unmatched_members + (COALESCE(NEW.acked, 0) AND NEW.unmatched)
+                                          - (COALESCE(OLD.acked, 0) AND OLD.unmatched),
     dead_letters = dead_letters + (NEW.dead_reason IS NOT NULL) - (OLD.dead_reason IS NOT NULL),
     last_ack_at = MAX(COALESCE(last_ack_at, NEW.acked_at), COALESCE(NEW.acked_at, last_ack_at))
   WHERE destination = NEW.destination AND audience_id = NEW.audience_id;
@@ -150,6 +162,7 @@ BEGIN
     pending_adds = pending_adds - (OLD.pending AND OLD.dead_reason IS NULL AND OLD.desired),
     pending_removes = pending_removes - (OLD.pending AND OLD.dead_reason IS NULL AND NOT OLD.desired),
     acked_members = acked_members - COALESCE(OLD.acked, 0),
+    unmatched_members = unmatched_members - (COALESCE(OLD.acked, 0) AND OLD.unmatched),
     dead_letters = dead_letters - (OLD.dead_reason IS NOT NULL)
   WHERE destination = OLD.destination AND audience_id = OLD.audience_id;
 END;

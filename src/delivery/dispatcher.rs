@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::engine::Control;
 use crate::audiences::{AudienceDef, Catalog};
 use crate::backoff::Backoff;
-use crate::destinations::{SendOutcome, SendTarget, UNMATCHED};
+use crate::destinations::{Mapping, SendOutcome, SendTarget, UNMATCHED};
 use crate::store::{now_ms, PersonRecord, Store, SyncOp, WorkBatch, WorkItem};
 
 /// How long a claimed batch stays leased; longer than any request.
@@ -28,6 +28,8 @@ pub(super) struct Dispatcher {
     pub grace: Duration,
     /// The destination's request rate; every request takes a token.
     pub limiter: Arc<DefaultDirectRateLimiter>,
+    /// koala audience id → its attribute mapping at this destination.
+    pub mappings: HashMap<i64, Arc<Mapping>>,
 }
 
 impl Dispatcher {
@@ -164,7 +166,7 @@ impl Dispatcher {
             // Nothing to send for them; acknowledging keeps them out of the
             // queue, and the count explains an underfilled audience.
             let ids: Vec<i64> = unmatched.iter().map(|i| i.sync_id).collect();
-            self.store.ack_work(batch, &ids, now_ms()).await?;
+            self.store.ack_work(batch, &ids, false, now_ms()).await?;
             metrics::counter!("koala_destination_unmatched_total", "destination" => name.to_owned())
                 .increment(ids.len() as u64);
             tracing::debug!(destination = name, count = ids.len(), "{UNMATCHED}");
@@ -174,9 +176,15 @@ impl Dispatcher {
         }
         let answers = match self.platform_audience(batch.audience_id).await {
             Ok((audience, external)) => {
+                let mapping = self
+                    .mappings
+                    .get(&batch.audience_id)
+                    .cloned()
+                    .unwrap_or_default();
                 let target = SendTarget {
                     audience: &audience,
                     platform_audience_id: &external,
+                    mapping: &mapping,
                 };
                 let records: Vec<_> = people.iter().map(|i| i.person.clone()).collect();
                 self.send_finding_bad_rows(dest.as_ref(), &target, batch.op, &records)
@@ -323,7 +331,7 @@ impl Dispatcher {
         }
         let name = batch.destination.as_str();
         let ids: Vec<i64> = items.iter().map(|i| i.sync_id).collect();
-        self.store.ack_work(batch, &ids, now).await?;
+        self.store.ack_work(batch, &ids, true, now).await?;
         for item in items {
             metrics::histogram!("koala_delivery_event_to_ack_seconds", "destination" => name.to_owned())
                 .record((now - item.desired_at).max(0) as f64 / 1000.0);

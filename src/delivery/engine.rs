@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatcher::Dispatcher;
 use super::Wakers;
 use crate::audiences::Catalog;
-use crate::destinations::Destination;
+use crate::destinations::{Destination, Mapping};
 use crate::store::Store;
 
 /// What the admin API shows of a destination.
@@ -92,12 +92,14 @@ pub struct Engine {
 
 impl Engine {
     /// `configured_ids` maps (destination, audience name) to the platform
-    /// audience id given in config, if any.
+    /// audience id given in config, if any; `mappings` to the sync
+    /// target's attribute mapping.
     pub async fn start(
         store: Arc<dyn Store>,
         catalog: Catalog,
         destinations: Vec<Arc<dyn Destination>>,
         configured_ids: HashMap<(String, String), String>,
+        mappings: HashMap<(String, String), Mapping>,
         wakers: Wakers,
         grace: Duration,
     ) -> anyhow::Result<Engine> {
@@ -121,6 +123,19 @@ impl Engine {
                         .map(|ext| (a.id, ext.clone()))
                 })
                 .collect();
+            let mut by_audience = HashMap::new();
+            for a in catalog.all() {
+                let Some(m) = mappings.get(&(name.clone(), a.name.clone())) else {
+                    continue;
+                };
+                let requeued = store
+                    .set_mapping(&name, a.id, m.hash(), crate::store::now_ms())
+                    .await?;
+                if requeued > 0 {
+                    tracing::info!(destination = %name, audience = %a.name, members = requeued, "attribute mapping changed: members are sent once more");
+                }
+                by_audience.insert(a.id, Arc::new(m.clone()));
+            }
             let dispatcher = Dispatcher {
                 store: store.clone(),
                 catalog: catalog.clone(),
@@ -132,6 +147,7 @@ impl Engine {
                 limiter: Arc::new(super::dispatcher::rate_limiter(
                     destination.limits().requests_per_second,
                 )),
+                mappings: by_audience,
             };
             tasks.spawn(dispatcher.run());
             controls.insert(name, control);

@@ -4,10 +4,12 @@
 //! limits, retries, dead letters and pausing.
 
 pub mod google_customer_match;
+pub mod mapping;
 pub mod meta;
 mod settings;
 pub mod tiktok_audiences;
 
+pub use mapping::{FieldSpec, FieldType, MapConfig, Mapping};
 pub use settings::{DeliveryOverrides, DeliverySettings};
 
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct SendTarget<'a> {
     pub audience: &'a AudienceDef,
     /// The platform's id for that audience (configured, recorded or created).
     pub platform_audience_id: &'a str,
+    /// Which attributes feed which platform fields, for this audience.
+    pub mapping: &'a Mapping,
 }
 
 /// How a destination answered a batch.
@@ -189,7 +193,7 @@ pub trait Destination: Send + Sync + 'static {
     /// `people` must fit one request (at most `limits().max_batch`).
     async fn send_replace(
         &self,
-        _audience_id: &str,
+        _target: &SendTarget<'_>,
         _session: &ReplaceSession,
         _people: &[PersonRecord],
     ) -> SendOutcome {

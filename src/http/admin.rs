@@ -41,6 +41,7 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             ApiError::Internal(format!("audience {} missing from the store", a.name))
         })?;
     let mut destinations = Vec::new();
+    let mut by_destination = Vec::new();
     for d in &a.destinations {
         let s = state.store.destination_audience_stats(d, a.id).await?;
         let status = state.engine.status(d).unwrap_or_default();
@@ -62,12 +63,18 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             "pending_removes": s.pending_removes,
             "in_flight": state.engine.in_flight(d, a.id),
             "acknowledged_members": s.acknowledged_members,
+            "unmatched_members": s.unmatched_members,
             "dead_letters": s.dead_letters,
             "paused": status.paused,
             "paused_reason": status.paused_reason,
             "last_success_at": s.last_success_at.or(status.last_success_at),
             "last_error": status.last_error,
             "last_error_at": status.last_error_at,
+        }));
+        by_destination.push(json!({
+            "destination": d,
+            "addressable": s.acknowledged_members - s.unmatched_members,
+            "unaddressable": s.unmatched_members,
         }));
     }
     let resync = state.resyncs.latest_for(&a.name).map(|j| {
@@ -85,6 +92,7 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             "with_neither": stats.with_neither,
             "with_unusable_email": stats.email_unusable,
             "with_unusable_phone": stats.phone_unusable,
+            "by_destination": by_destination,
         },
         "last_change_at": stats.last_change_at,
         "destinations": destinations,
@@ -213,7 +221,7 @@ fn replace_targets(
             .unwrap_or_default()
             .iter()
             .find(|t| t.destination == name);
-        let config = state.config.destinations.iter().find(|d| d.name() == name);
+        let config = state.config.destination(name);
         let (Some(entry), Some(config)) = (entry, config) else {
             return Err(ApiError::BadRequest(format!(
                 "replace: {name:?} is not a destination of audience {audience:?}"
@@ -221,9 +229,13 @@ fn replace_targets(
         };
         let destination = crate::destinations::build(config)
             .map_err(|e| ApiError::Internal(format!("destination {name:?}: {e}")))?;
+        let mapping = config
+            .mapping(&entry.map)
+            .map_err(|e| ApiError::Internal(format!("destination {name:?}: {}", e.join("; "))))?;
         targets.push(ReplaceTarget {
             destination,
             configured_id: entry.audience_id.clone(),
+            mapping,
         });
     }
     Ok(targets)

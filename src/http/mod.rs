@@ -161,6 +161,12 @@ async fn refresh_gauges(state: &AppState) {
                     .set(n as f64);
             }
         }
+        for d in &a.destinations {
+            if let Ok(s) = state.store.destination_audience_stats(d, a.id).await {
+                metrics::gauge!("koala_audience_addressable_members", "audience" => a.name.clone(), "destination" => d.clone())
+                    .set((s.acknowledged_members - s.unmatched_members) as f64);
+            }
+        }
     }
     let running = state.resyncs.running();
     for a in state.catalog.all() {

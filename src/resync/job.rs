@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::audiences::AudienceDef;
 use crate::customerio::app_api::{AppApiClient, IdType, MembershipPage};
 use crate::delivery::Wakers;
-use crate::destinations::{Destination, ReplaceSession, SendOutcome};
+use crate::destinations::{Destination, Mapping, ReplaceSession, SendOutcome, SendTarget};
 use crate::identity::{Email, Phone};
 use crate::store::{now_ms, PersonRecord, SnapshotDiff, SnapshotJob, Store};
 
@@ -81,6 +81,8 @@ pub struct ReplaceTarget {
     pub destination: Arc<dyn Destination>,
     /// The platform audience id the config gives, if any.
     pub configured_id: Option<String>,
+    /// The sync target's attribute mapping.
+    pub mapping: Mapping,
 }
 
 /// How a full replace of one destination went.
@@ -471,7 +473,12 @@ impl Run {
                     tokio::time::sleep(pace.saturating_sub(at.elapsed())).await;
                 }
                 last_request = Some(Instant::now());
-                match dest.send_replace(&platform_id, &session, &current).await {
+                let send_target = SendTarget {
+                    audience,
+                    platform_audience_id: &platform_id,
+                    mapping: &target.mapping,
+                };
+                match dest.send_replace(&send_target, &session, &current).await {
                     SendOutcome::RetryLater { after, reason } if attempt < REPLACE_ATTEMPTS => {
                         let backoff = limits
                             .base_backoff

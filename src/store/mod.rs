@@ -219,6 +219,9 @@ pub struct DestinationAudienceStats {
     pub pending_adds: i64,
     pub pending_removes: i64,
     pub acknowledged_members: i64,
+    /// Acknowledged members the destination could not be sent (none of
+    /// its identifiers): the gap between the audience and what it holds.
+    pub unmatched_members: i64,
     pub dead_letters: i64,
     pub last_success_at: Option<i64>,
 }
@@ -427,8 +430,16 @@ pub trait Store: Send + Sync + 'static {
         max_rows: usize,
     ) -> Result<Option<WorkBatch>>;
 
-    /// The destination acknowledged these rows in the batch's op.
-    async fn ack_work(&self, batch: &WorkBatch, sync_ids: &[i64], now_ms: i64) -> Result<()>;
+    /// The destination acknowledged these rows in the batch's op. `sent`
+    /// is false for people it cannot address (none of its identifiers):
+    /// they are settled without a request and counted as unmatched.
+    async fn ack_work(
+        &self,
+        batch: &WorkBatch,
+        sync_ids: &[i64],
+        sent: bool,
+        now_ms: i64,
+    ) -> Result<()>;
 
     /// Returns rows to the queue, due again at `next_attempt_at`.
     async fn retry_work(&self, sync_ids: &[i64], next_attempt_at: i64, error: &str) -> Result<()>;
@@ -449,6 +460,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<DestinationAudienceStats>;
 
     async fn pending_summary(&self, destination: &str) -> Result<PendingSummary>;
+
+    /// Records the attribute mapping (its fingerprint) a destination's
+    /// audience is synced with. When it differs from the one recorded,
+    /// every member the destination acknowledged is queued once more, so
+    /// the platform gets the newly mapped fields; returns how many. The
+    /// first mapping recorded re-queues nobody.
+    async fn set_mapping(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        mapping_hash: &str,
+        now_ms: i64,
+    ) -> Result<u64>;
 
     /// The destination's audience id koala created earlier, if any.
     async fn destination_audience(

@@ -577,18 +577,25 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn ack_work(&self, batch: &WorkBatch, sync_ids: &[i64], now_ms: i64) -> Result<()> {
+    async fn ack_work(
+        &self,
+        batch: &WorkBatch,
+        sync_ids: &[i64],
+        sent: bool,
+        now_ms: i64,
+    ) -> Result<()> {
         if sync_ids.is_empty() {
             return Ok(());
         }
         sqlx::query(
             "UPDATE sync_state SET acked = $1, acked_at = $2, lease_until = 0, attempts = 0,
-                    last_error = NULL, next_attempt_at = 0, pending = (desired <> $1)
+                    last_error = NULL, next_attempt_at = 0, pending = (desired <> $1), unmatched = $4
              WHERE sync_id IN (SELECT value FROM json_each($3))",
         )
         .bind(batch.op.desired())
         .bind(now_ms)
         .bind(ids_json(sync_ids))
+        .bind(!sent && batch.op.desired())
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -678,7 +685,7 @@ impl Store for SqliteStore {
         audience_id: i64,
     ) -> Result<DestinationAudienceStats> {
         let r = sqlx::query(
-            "SELECT pending_adds, pending_removes, acked_members, dead_letters, last_ack_at
+            "SELECT pending_adds, pending_removes, acked_members, dead_letters, last_ack_at, unmatched_members
              FROM sync_counts WHERE destination = $1 AND audience_id = $2",
         )
         .bind(destination)
@@ -691,6 +698,7 @@ impl Store for SqliteStore {
             acknowledged_members: r.get(2),
             dead_letters: r.get(3),
             last_success_at: r.get(4),
+            unmatched_members: r.get(5),
         })
         .unwrap_or_default())
     }
@@ -717,6 +725,53 @@ impl Store for SqliteStore {
             pending,
             oldest_received_at: oldest,
         })
+    }
+
+    async fn set_mapping(
+        &self,
+        destination: &str,
+        audience_id: i64,
+        mapping_hash: &str,
+        now_ms: i64,
+    ) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        let stored: Option<String> = sqlx::query(
+            "SELECT mapping_hash FROM sync_mappings WHERE destination = $1 AND audience_id = $2",
+        )
+        .bind(destination)
+        .bind(audience_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get(0));
+        if stored.as_deref() == Some(mapping_hash) {
+            return Ok(0);
+        }
+        let requeued = match stored {
+            None => 0,
+            Some(_) => sqlx::query(
+                "UPDATE sync_state SET pending = TRUE, next_attempt_at = 0, attempts = 0
+                 WHERE destination = $1 AND audience_id = $2 AND desired AND acked
+                   AND dead_reason IS NULL AND NOT pending",
+            )
+            .bind(destination)
+            .bind(audience_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+        };
+        sqlx::query(
+            "INSERT INTO sync_mappings (destination, audience_id, mapping_hash, changed_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (destination, audience_id) DO UPDATE SET
+               mapping_hash = excluded.mapping_hash, changed_at = excluded.changed_at",
+        )
+        .bind(destination)
+        .bind(audience_id)
+        .bind(mapping_hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(requeued)
     }
 
     async fn destination_audience(

@@ -476,6 +476,23 @@ async fn people_without_a_usable_identifier_are_counted_not_sent() {
         fake.requests().iter().map(|r| r.rows.len()).sum::<usize>(),
         1
     );
+    // Per-destination coverage: the audience has 2 members, Meta holds 1.
+    let a = app.audience(CART).await;
+    assert_eq!(a["members"], 2);
+    let meta = &a["identifier_coverage"]["by_destination"][0];
+    assert_eq!(meta["destination"], "meta");
+    assert_eq!(meta["addressable"], 1, "{a}");
+    assert_eq!(meta["unaddressable"], 1, "{a}");
+    assert_eq!(a["destinations"][0]["unmatched_members"], 1);
+    let m = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "koala_audience_addressable_members",
+            &[("audience", CART), ("destination", "meta")]
+        ),
+        1.0
+    );
     app.stop().await;
 }
 

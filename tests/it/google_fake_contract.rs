@@ -53,9 +53,16 @@ async fn send(d: &GoogleDestination, op: SyncOp, people: &[PersonRecord]) -> Sen
         mode: Default::default(),
         destinations: vec!["google".into()],
     };
+    let mapping = koala::destinations::Mapping::resolve(
+        koala::destinations::google_customer_match::FIELDS,
+        false,
+        &[],
+    )
+    .unwrap();
     let target = SendTarget {
         audience: &def,
         platform_audience_id: AUDIENCE,
+        mapping: &mapping,
     };
     d.send(&target, op, people).await
 }

@@ -13,6 +13,7 @@ mod google_delivery;
 mod google_fake_contract;
 mod ingest;
 mod keep_alive;
+mod mapping;
 mod meta_fake_contract;
 mod openapi;
 mod resync;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use koala::audiences::AudienceDef;
 use koala::config::Secret;
 use koala::destinations::meta::{MetaConfig, MetaDestination, DELIVERY};
-use koala::destinations::{DeliverySettings, Destination, SendOutcome, SendTarget};
+use koala::destinations::{DeliverySettings, Destination, Mapping, SendOutcome, SendTarget};
 use koala::store::{PersonRecord, SyncOp};
 use serde_json::{json, Value};
 
@@ -47,9 +47,12 @@ async fn send_to(
         mode: Default::default(),
         destinations: vec!["meta".into()],
     };
+    // The default mapping: names and address from the usual attributes.
+    let mapping = Mapping::resolve(koala::destinations::meta::FIELDS, false, &[]).unwrap();
     let target = SendTarget {
         audience: &def,
         platform_audience_id,
+        mapping: &mapping,
     };
     d.send(&target, op, people).await
 }

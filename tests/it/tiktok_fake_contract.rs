@@ -40,9 +40,16 @@ fn def() -> AudienceDef {
 
 async fn send(d: &TiktokDestination, op: SyncOp, people: &[PersonRecord]) -> SendOutcome {
     let def = def();
+    let mapping = koala::destinations::Mapping::resolve(
+        koala::destinations::tiktok_audiences::FIELDS,
+        false,
+        &[],
+    )
+    .unwrap();
     let target = SendTarget {
         audience: &def,
         platform_audience_id: AUDIENCE,
+        mapping: &mapping,
     };
     d.send(&target, op, people).await
 }

@@ -5,12 +5,33 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
-use crate::destinations::DeliverySettings;
+use crate::destinations::{DeliverySettings, FieldSpec, FieldType};
 
 /// Data Manager's limit on audience members in one ingest/remove request.
 pub const MAX_MEMBERS_PER_REQUEST: usize = 10_000;
 /// Data Manager's limit on user identifiers of one audience member.
 pub const MAX_IDENTIFIERS_PER_MEMBER: usize = 10;
+
+/// Fields an attribute mapping (`map`) may feed: the address parts, and
+/// the per-member consent overrides (true/false, "granted"/"denied" or the
+/// CONSENT_* names; unmapped by default).
+pub const FIELDS: &[FieldSpec] = &[
+    field("given_name", Some("first_name")),
+    field("family_name", Some("last_name")),
+    field("region_code", Some("country")),
+    field("postal_code", Some("zip")),
+    field("ad_user_data", None),
+    field("ad_personalization", None),
+];
+
+const fn field(name: &'static str, from: Option<&'static str>) -> FieldSpec {
+    FieldSpec {
+        name,
+        kind: FieldType::String,
+        default_from: from,
+        required: false,
+    }
+}
 
 /// Engine defaults: full requests, and 5 requests/s = the project's
 /// 300/minute mutate quota.
@@ -43,16 +64,11 @@ pub struct GoogleConfig {
     /// Which identifiers each member carries.
     #[serde(default = "default_identifiers")]
     pub identifiers: Vec<GoogleKey>,
-    /// Person attributes that feed the address identifier.
-    #[serde(default)]
-    pub attribute_map: AttributeMap,
     /// Request-level consent sent with every ingest; omitted when unset.
     #[serde(default)]
     pub consent: Option<Consent>,
-    /// Person attributes that override `consent` per member (true/false,
-    /// "granted"/"denied" or the CONSENT_* names).
-    #[serde(default)]
-    pub consent_attributes: ConsentAttributes,
+    // Per-member consent overrides come through the mapping fields
+    // `ad_user_data` and `ad_personalization` (see FIELDS).
     /// Must be ACCEPTED for Customer Match ingests.
     pub customer_match_terms_of_service: TermsStatus,
     /// The Google Cloud project whose quota the credentials use.
@@ -125,26 +141,6 @@ pub enum GoogleKey {
     Address,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AttributeMap {
-    pub given_name: String,
-    pub family_name: String,
-    pub region_code: String,
-    pub postal_code: String,
-}
-
-impl Default for AttributeMap {
-    fn default() -> Self {
-        AttributeMap {
-            given_name: "first_name".into(),
-            family_name: "last_name".into(),
-            region_code: "country".into(),
-            postal_code: "zip".into(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Consent {
@@ -167,15 +163,6 @@ impl ConsentStatus {
             ConsentStatus::Denied => "CONSENT_DENIED",
         }
     }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsentAttributes {
-    #[serde(default)]
-    pub ad_user_data: Option<String>,
-    #[serde(default)]
-    pub ad_personalization: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -214,9 +201,7 @@ impl GoogleConfig {
             },
             login_account: None,
             identifiers: default_identifiers(),
-            attribute_map: AttributeMap::default(),
             consent: None,
-            consent_attributes: ConsentAttributes::default(),
             customer_match_terms_of_service: TermsStatus::Accepted,
             project: None,
             project_requests_per_minute: default_project_rpm(),
@@ -264,28 +249,6 @@ impl GoogleConfig {
         for k in &self.identifiers {
             if !seen.insert(k) {
                 p.push(format!("identifiers: {k:?} listed twice"));
-            }
-        }
-        let m = &self.attribute_map;
-        for (key, attr) in [
-            ("given_name", &m.given_name),
-            ("family_name", &m.family_name),
-            ("region_code", &m.region_code),
-            ("postal_code", &m.postal_code),
-        ] {
-            if attr.trim().is_empty() {
-                p.push(format!("attribute_map.{key}: must not be empty"));
-            }
-        }
-        for (key, attr) in [
-            ("ad_user_data", &self.consent_attributes.ad_user_data),
-            (
-                "ad_personalization",
-                &self.consent_attributes.ad_personalization,
-            ),
-        ] {
-            if attr.as_deref().is_some_and(|a| a.trim().is_empty()) {
-                p.push(format!("consent_attributes.{key}: must not be empty"));
             }
         }
         if self.customer_match_terms_of_service != TermsStatus::Accepted {
@@ -338,6 +301,7 @@ fn default_token_margin() -> Duration {
 mod tests {
     use super::*;
     use crate::config::{Config, DestinationConfig};
+    use crate::destinations::Mapping;
 
     const BASE: &str = r#"
         [server]
@@ -357,19 +321,20 @@ mod tests {
         customer_match_terms_of_service = "ACCEPTED"
     "#;
 
-    fn google(text: &str) -> Result<(GoogleConfig, DeliverySettings), Vec<String>> {
+    fn google(text: &str) -> Result<(GoogleConfig, DeliverySettings, Mapping), Vec<String>> {
         let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
         let entry = c.destinations.into_iter().next().expect("a destination");
         let delivery = entry.delivery();
+        let mapping = entry.mapping(&Default::default()).unwrap();
         match entry.platform {
-            DestinationConfig::GoogleCustomerMatch(g) => Ok((g, delivery)),
+            DestinationConfig::GoogleCustomerMatch(g) => Ok((g, delivery, mapping)),
             other => panic!("not a google destination: {}", other.type_name()),
         }
     }
 
     #[test]
     fn a_minimal_google_destination_takes_the_defaults() {
-        let (g, l) = google(MINIMAL).unwrap();
+        let (g, l, _) = google(MINIMAL).unwrap();
         assert_eq!(g.base_url, "https://datamanager.googleapis.com");
         assert_eq!(g.token_url, "https://oauth2.googleapis.com/token");
         assert_eq!(g.operating_account.account_type, AccountType::GoogleAds);
@@ -391,14 +356,13 @@ mod tests {
 
     #[test]
     fn a_full_google_destination_parses() {
-        let (g, l) = google(&format!(
+        let (g, l, m) = google(&format!(
             "{MINIMAL}\n{}",
             r#"
             login_account = { account_type = "GOOGLE_ADS", account_id = "1112223333" }
             identifiers = ["email", "phone", "address"]
-            attribute_map = { given_name = "fname" }
+            map = { given_name = "fname", ad_personalization = "ads_ok" }
             consent = { ad_user_data = "CONSENT_GRANTED", ad_personalization = "CONSENT_DENIED" }
-            consent_attributes = { ad_personalization = "ads_ok" }
             project = "my-gcp-project"
             project_requests_per_minute = 100
             daily_quota_pause = "10m"
@@ -408,8 +372,6 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(g.login_account.unwrap().account_id, "1112223333");
-        assert_eq!(g.attribute_map.given_name, "fname");
-        assert_eq!(g.attribute_map.family_name, "last_name");
         assert_eq!(
             g.consent,
             Some(Consent {
@@ -418,8 +380,14 @@ mod tests {
             })
         );
         assert_eq!(
-            g.consent_attributes.ad_personalization.as_deref(),
-            Some("ads_ok")
+            m.fields().collect::<Vec<_>>(),
+            [
+                "ad_personalization",
+                "family_name",
+                "given_name",
+                "postal_code",
+                "region_code"
+            ]
         );
         assert_eq!(g.daily_quota_pause, Some(Duration::from_secs(600)));
         assert_eq!(l.max_batch, 5000);
@@ -430,6 +398,7 @@ mod tests {
         for (line, key) in [
             ("developer_token = \"x\"", "developer_token"),
             ("identifiers = [\"madid\"]", "madid"),
+            ("map = { nickname = \"nick\" }", "nickname"),
             ("consent = { ad_user_data = \"GRANTED\", ad_personalization = \"CONSENT_GRANTED\" }", "GRANTED"),
         ] {
             let e = google(&format!("{MINIMAL}\n{line}")).unwrap_err();

@@ -4,9 +4,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::config::{
-    AttributeMap, ConsentAttributes, ConsentStatus, GoogleKey, MAX_IDENTIFIERS_PER_MEMBER,
-};
+use super::config::{ConsentStatus, GoogleKey, FIELDS, MAX_IDENTIFIERS_PER_MEMBER};
+use crate::destinations::Mapping;
 use crate::normalization::{google as norm, sha256_hex};
 use crate::store::PersonRecord;
 
@@ -53,36 +52,43 @@ pub struct MemberConsent {
     pub ad_personalization: Option<&'static str>,
 }
 
+/// Turns people into members. Address parts and consent overrides are
+/// read through the sync target's [`Mapping`] (fields `given_name`,
+/// `family_name`, `region_code`, `postal_code`, `ad_user_data`,
+/// `ad_personalization`).
 #[derive(Debug, Clone)]
 pub struct Encoder {
+    /// The destination's name, for counting values that fail coercion.
+    destination: String,
     keys: Vec<GoogleKey>,
-    attributes: AttributeMap,
-    consent: ConsentAttributes,
+    /// The mapping fields' defaults, for [`Encoder::can_address`], which
+    /// the engine asks without a sync target.
+    defaults: Mapping,
 }
 
 impl Encoder {
-    pub fn new(
-        identifiers: &[GoogleKey],
-        attributes: AttributeMap,
-        consent: ConsentAttributes,
-    ) -> Self {
+    pub fn new(destination: &str, identifiers: &[GoogleKey]) -> Self {
         let mut keys = identifiers.to_vec();
         keys.sort();
         keys.dedup();
         Encoder {
+            destination: destination.to_owned(),
             keys,
-            attributes,
-            consent,
+            defaults: Mapping::resolve(FIELDS, false, &[]).expect("the default fields resolve"),
         }
     }
 
+    /// True when the person has an email or phone, or (address
+    /// configured) an address under the default mapping. A target mapping
+    /// that differs is applied in [`Encoder::member`]; people it leaves
+    /// without identifiers are counted invalid there.
     pub fn can_address(&self, p: &PersonRecord) -> bool {
-        !self.identifiers(p).is_empty()
+        !self.identifiers(p, &self.defaults).is_empty()
     }
 
     /// The person's identifiers in a fixed order (at most 10, Google's
     /// limit per member).
-    pub fn identifiers(&self, p: &PersonRecord) -> Vec<UserIdentifier> {
+    pub fn identifiers(&self, p: &PersonRecord, mapping: &Mapping) -> Vec<UserIdentifier> {
         let mut out = Vec::new();
         for k in &self.keys {
             let id = match k {
@@ -96,7 +102,7 @@ impl Encoder {
                     .as_deref()
                     .and_then(norm::phone)
                     .map(|e| UserIdentifier::PhoneNumber(sha256_hex(&e))),
-                GoogleKey::Address => self.address(p).map(UserIdentifier::Address),
+                GoogleKey::Address => self.address(p, mapping).map(UserIdentifier::Address),
             };
             out.extend(id);
         }
@@ -105,25 +111,30 @@ impl Encoder {
     }
 
     /// All four parts or nothing: Google matches an address only whole.
-    fn address(&self, p: &PersonRecord) -> Option<Address> {
-        let a = &self.attributes;
+    fn address(&self, p: &PersonRecord, mapping: &Mapping) -> Option<Address> {
+        let text = |field: &str| mapping.text(field, p, &self.destination);
         Some(Address {
-            given_name: sha256_hex(&attr(p, &a.given_name).and_then(|v| norm::given_name(&v))?),
-            family_name: sha256_hex(&attr(p, &a.family_name).and_then(|v| norm::family_name(&v))?),
-            region_code: attr(p, &a.region_code).and_then(|v| norm::region_code(&v))?,
-            postal_code: attr(p, &a.postal_code).and_then(|v| norm::postal_code(&v))?,
+            given_name: sha256_hex(&text("given_name").and_then(|v| norm::given_name(&v))?),
+            family_name: sha256_hex(&text("family_name").and_then(|v| norm::family_name(&v))?),
+            region_code: text("region_code").and_then(|v| norm::region_code(&v))?,
+            postal_code: text("postal_code").and_then(|v| norm::postal_code(&v))?,
         })
     }
 
     /// The member, or None when the person has no usable identifier.
     /// `with_consent`: ingests carry member consent, removes do not.
-    pub fn member(&self, p: &PersonRecord, with_consent: bool) -> Option<Member> {
-        let ids = self.identifiers(p);
+    pub fn member(
+        &self,
+        p: &PersonRecord,
+        mapping: &Mapping,
+        with_consent: bool,
+    ) -> Option<Member> {
+        let ids = self.identifiers(p, mapping);
         if ids.is_empty() {
             return None;
         }
         let consent = if with_consent {
-            self.member_consent(p)
+            self.member_consent(p, mapping)
         } else {
             None
         };
@@ -135,16 +146,16 @@ impl Encoder {
         })
     }
 
-    fn member_consent(&self, p: &PersonRecord) -> Option<MemberConsent> {
-        let read = |name: &Option<String>| {
-            name.as_deref()
-                .and_then(|n| p.attributes.get(n))
-                .and_then(consent_value)
+    fn member_consent(&self, p: &PersonRecord, mapping: &Mapping) -> Option<MemberConsent> {
+        let read = |field: &str| {
+            mapping
+                .text(field, p, &self.destination)
+                .and_then(|v| consent_value(&Value::String(v)))
                 .map(ConsentStatus::as_str)
         };
         let c = MemberConsent {
-            ad_user_data: read(&self.consent.ad_user_data),
-            ad_personalization: read(&self.consent.ad_personalization),
+            ad_user_data: read("ad_user_data"),
+            ad_personalization: read("ad_personalization"),
         };
         (c.ad_user_data.is_some() || c.ad_personalization.is_some()).then_some(c)
     }
@@ -166,17 +177,11 @@ pub fn consent_value(v: &Value) -> Option<ConsentStatus> {
     }
 }
 
-fn attr(p: &PersonRecord, name: &str) -> Option<String> {
-    match p.attributes.get(name)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destinations::mapping::FieldSource;
+    use crate::destinations::MapConfig;
     use serde_json::json;
 
     fn person() -> PersonRecord {
@@ -194,13 +199,17 @@ mod tests {
     }
 
     fn encoder(keys: &[GoogleKey]) -> Encoder {
-        Encoder::new(keys, AttributeMap::default(), ConsentAttributes::default())
+        Encoder::new("google", keys)
+    }
+
+    fn defaults() -> Mapping {
+        Mapping::resolve(FIELDS, false, &[]).unwrap()
     }
 
     #[test]
     fn a_member_serializes_as_data_manager_wants() {
         let e = encoder(&[GoogleKey::Phone, GoogleKey::Email, GoogleKey::Address]);
-        let m = e.member(&person(), true).unwrap();
+        let m = e.member(&person(), &defaults(), true).unwrap();
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
             json!({"userData": {"userIdentifiers": [
@@ -219,28 +228,31 @@ mod tests {
         assert!(e.can_address(&p));
         p.attributes.remove("zip");
         assert!(!e.can_address(&p));
-        assert_eq!(e.member(&p, true), None);
+        assert_eq!(e.member(&p, &defaults(), true), None);
     }
 
     #[test]
     fn member_consent_comes_from_attributes_and_never_on_removes() {
-        let e = Encoder::new(
-            &[GoogleKey::Email],
-            AttributeMap::default(),
-            ConsentAttributes {
-                ad_user_data: None,
-                ad_personalization: Some("ads".into()),
-            },
-        );
-        let m = e.member(&person(), true).unwrap();
+        let e = encoder(&[GoogleKey::Email]);
+        let map: MapConfig = [(
+            "ad_personalization".to_owned(),
+            FieldSource::From("ads".into()),
+        )]
+        .into();
+        let mapping = Mapping::resolve(FIELDS, false, &[&map]).unwrap();
+        let m = e.member(&person(), &mapping, true).unwrap();
         assert_eq!(
             serde_json::to_value(m.consent).unwrap(),
             json!({"adPersonalization": "CONSENT_DENIED"})
         );
-        assert_eq!(e.member(&person(), false).unwrap().consent, None);
+        assert_eq!(e.member(&person(), &mapping, false).unwrap().consent, None);
+        assert_eq!(
+            e.member(&person(), &defaults(), true).unwrap().consent,
+            None
+        );
         let mut p = person();
         p.attributes.insert("ads".into(), json!("maybe"));
-        assert_eq!(e.member(&p, true).unwrap().consent, None);
+        assert_eq!(e.member(&p, &mapping, true).unwrap().consent, None);
     }
 
     #[test]

@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    Account, AccountType, AttributeMap, Consent, ConsentAttributes, ConsentStatus, GoogleConfig,
-    GoogleKey, TermsStatus, DELIVERY, MAX_IDENTIFIERS_PER_MEMBER, MAX_MEMBERS_PER_REQUEST,
+    Account, AccountType, Consent, ConsentStatus, GoogleConfig, GoogleKey, TermsStatus, DELIVERY,
+    FIELDS, MAX_IDENTIFIERS_PER_MEMBER, MAX_MEMBERS_PER_REQUEST,
 };
 pub use encoder::{Encoder, Member};
 pub use quota::next_pacific_midnight;
@@ -110,11 +110,7 @@ impl GoogleDestination {
             interval: config.request_status_interval,
         };
         Ok(GoogleDestination {
-            encoder: Encoder::new(
-                &config.identifiers,
-                config.attribute_map.clone(),
-                config.consent_attributes.clone(),
-            ),
+            encoder: Encoder::new(&name, &config.identifiers),
             inner: Arc::new(inner),
             cancel: CancellationToken::new(),
             poller: OnceLock::new(),
@@ -250,7 +246,7 @@ impl Destination for GoogleDestination {
         for chunk in people.chunks(MAX_MEMBERS_PER_REQUEST) {
             let members: Vec<Member> = chunk
                 .iter()
-                .filter_map(|p| self.encoder.member(p, with_consent))
+                .filter_map(|p| self.encoder.member(p, target.mapping, with_consent))
                 .collect();
             invalid += chunk.len() - members.len();
             received += chunk.len() - members.len();
@@ -315,9 +311,11 @@ mod tests {
             mode: Default::default(),
             destinations: vec!["google".into()],
         };
+        let mapping = crate::destinations::Mapping::resolve(FIELDS, false, &[]).unwrap();
         let target = SendTarget {
             audience: &def,
             platform_audience_id: "555",
+            mapping: &mapping,
         };
         assert_eq!(
             d.send(&target, SyncOp::Add, &[PersonRecord::default()])

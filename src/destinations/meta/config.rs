@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
-use crate::destinations::DeliverySettings;
+use crate::destinations::{DeliverySettings, FieldSpec, FieldType};
 
 /// Meta's hard limit on rows in one `/users` request.
 pub const MAX_ROWS_PER_REQUEST: usize = 10_000;
@@ -39,9 +39,6 @@ pub struct MetaConfig {
     /// Which keys each row carries; sent in a fixed order (see [`MetaKey`]).
     #[serde(default = "default_identifiers")]
     pub identifiers: Vec<MetaKey>,
-    /// Which person attributes feed the name/address/birth keys.
-    #[serde(default)]
-    pub attribute_map: AttributeMap,
     #[serde(default)]
     pub customer_file_source: CustomerFileSource,
 }
@@ -109,39 +106,27 @@ impl MetaKey {
     }
 }
 
-/// Person attribute names for the keys that come from attributes.
-/// `dob` (a date or Unix seconds) feeds DOBY, DOBM and DOBD.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AttributeMap {
-    #[serde(rename = "fn")]
-    pub first_name: String,
-    #[serde(rename = "ln")]
-    pub last_name: String,
-    #[serde(rename = "ct")]
-    pub city: String,
-    #[serde(rename = "st")]
-    pub state: String,
-    pub zip: String,
-    pub country: String,
-    #[serde(rename = "gen")]
-    pub gender: String,
-    #[serde(rename = "dob")]
-    pub date_of_birth: String,
-}
+/// The fields a mapping can feed: names, address and birth date, each
+/// from the attribute of the same meaning by default. `dob` (a date, or
+/// Unix seconds) feeds DOBY, DOBM and DOBD. Which of them are sent is
+/// `identifiers`.
+pub const FIELDS: &[FieldSpec] = &[
+    field("fn", "first_name"),
+    field("ln", "last_name"),
+    field("ct", "city"),
+    field("st", "state"),
+    field("zip", "zip"),
+    field("country", "country"),
+    field("gen", "gender"),
+    field("dob", "date_of_birth"),
+];
 
-impl Default for AttributeMap {
-    fn default() -> Self {
-        AttributeMap {
-            first_name: "first_name".into(),
-            last_name: "last_name".into(),
-            city: "city".into(),
-            state: "state".into(),
-            zip: "zip".into(),
-            country: "country".into(),
-            gender: "gender".into(),
-            date_of_birth: "date_of_birth".into(),
-        }
+const fn field(name: &'static str, from: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        kind: FieldType::String,
+        default_from: Some(from),
+        required: false,
     }
 }
 
@@ -173,7 +158,6 @@ impl MetaConfig {
             access_token,
             ad_account_id: None,
             identifiers: default_identifiers(),
-            attribute_map: AttributeMap::default(),
             customer_file_source: CustomerFileSource::default(),
         }
     }
@@ -219,21 +203,6 @@ impl MetaConfig {
                 p.push(format!("identifiers: {:?} listed twice", k.schema_name()));
             }
         }
-        let m = &self.attribute_map;
-        for (key, attr) in [
-            ("fn", &m.first_name),
-            ("ln", &m.last_name),
-            ("ct", &m.city),
-            ("st", &m.state),
-            ("zip", &m.zip),
-            ("country", &m.country),
-            ("gen", &m.gender),
-            ("dob", &m.date_of_birth),
-        ] {
-            if attr.trim().is_empty() {
-                p.push(format!("attribute_map.{key}: must not be empty"));
-            }
-        }
         p
     }
 }
@@ -263,6 +232,7 @@ fn default_identifiers() -> Vec<MetaKey> {
 mod tests {
     use super::*;
     use crate::config::{Config, DestinationConfig};
+    use crate::destinations::Mapping;
 
     const BASE: &str = r#"
         [server]
@@ -273,12 +243,13 @@ mod tests {
 
     /// The platform config and the resolved engine settings of the
     /// one destination in `text`.
-    fn meta(text: &str) -> Result<(MetaConfig, DeliverySettings), Vec<String>> {
+    fn meta(text: &str) -> Result<(MetaConfig, DeliverySettings, Mapping), Vec<String>> {
         let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
         let entry = c.destinations.into_iter().next().expect("a destination");
         let delivery = entry.delivery();
+        let mapping = entry.mapping(&Default::default()).unwrap();
         match entry.platform {
-            DestinationConfig::MetaCustomAudiences(m) => Ok((m, delivery)),
+            DestinationConfig::MetaCustomAudiences(m) => Ok((m, delivery, mapping)),
             other => panic!("not a meta destination: {}", other.type_name()),
         }
     }
@@ -294,14 +265,17 @@ mod tests {
             "#,
         )
         .unwrap();
-        let (m, d) = m;
+        let (m, d, map) = m;
         assert_eq!(m.base_url, "https://graph.facebook.com");
         assert_eq!(m.api_version, "v25.0");
         assert_eq!(
             m.identifiers,
             [MetaKey::ExternId, MetaKey::Email, MetaKey::Phone]
         );
-        assert_eq!(m.attribute_map, AttributeMap::default());
+        assert_eq!(
+            map.fields().collect::<Vec<_>>(),
+            ["country", "ct", "dob", "fn", "gen", "ln", "st", "zip"]
+        );
         assert_eq!(d.max_batch, 10_000);
         assert_eq!(d.concurrency, 2);
         assert_eq!(d.requests_per_second, 5.0);
@@ -326,7 +300,7 @@ mod tests {
             access_token = "${KOALA_TEST_META_TOKEN}"
             ad_account_id = "act_1234567890"
             identifiers = ["email", "extern_id", "phone", "fn", "ln", "ct", "st", "zip", "country", "gen", "doby", "dobm", "dobd"]
-            attribute_map = { fn = "firstName", dob = "birthday" }
+            map = { fn = "firstName", dob = "birthday", ct = "" }
             max_batch = 500
             concurrency = 4
             requests_per_second = 2
@@ -338,13 +312,21 @@ mod tests {
             "#,
         )
         .unwrap();
-        let (m, d) = m;
+        let (m, d, map) = m;
         assert_eq!(m.access_token.expose(), "EAAB-secret");
         assert_eq!(m.ad_account_number(), Some("1234567890"));
         assert_eq!(m.identifiers.len(), 13);
-        assert_eq!(m.attribute_map.first_name, "firstName");
-        assert_eq!(m.attribute_map.date_of_birth, "birthday");
-        assert_eq!(m.attribute_map.last_name, "last_name");
+        let p = crate::store::PersonRecord {
+            attributes: serde_json::json!({"firstName": "Ann", "birthday": "1990-01-02", "last_name": "Lee", "city": "Oslo"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            ..Default::default()
+        };
+        assert_eq!(map.text("fn", &p, "meta").as_deref(), Some("Ann"));
+        assert_eq!(map.text("dob", &p, "meta").as_deref(), Some("1990-01-02"));
+        assert_eq!(map.text("ln", &p, "meta").as_deref(), Some("Lee"));
+        assert_eq!(map.text("ct", &p, "meta"), None);
         assert_eq!(d.max_batch, 500);
         assert_eq!(d.requests_per_second, 2.0);
         assert_eq!(d.min_linger, Duration::from_secs(5));
@@ -359,7 +341,7 @@ mod tests {
     fn unknown_keys_and_values_are_rejected() {
         for (line, key) in [
             ("acces_token2 = \"x\"", "acces_token2"),
-            ("attribute_map = { nickname = \"nick\" }", "nickname"),
+            ("map = { nickname = \"nick\" }", "nickname"),
             ("identifiers = [\"madid\"]", "madid"),
             ("customer_file_source = \"ANY\"", "ANY"),
         ] {

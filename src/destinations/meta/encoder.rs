@@ -1,9 +1,9 @@
 //! PersonRecord → one multi-key payload row (reference §1.3/§1.4).
 
 use serde::Serialize;
-use serde_json::Value;
 
-use super::config::{AttributeMap, MetaKey};
+use super::config::MetaKey;
+use crate::destinations::Mapping;
 use crate::normalization::{meta as norm, sha256_hex};
 use crate::store::PersonRecord;
 
@@ -16,20 +16,26 @@ pub struct Payload {
     pub data: Vec<Vec<String>>,
 }
 
-/// Turns people into rows for one configured schema.
+/// Turns people into rows for one configured schema. Names, address and
+/// birth keys are read through the sync target's [`Mapping`] (fields `fn`,
+/// `ln`, `ct`, `st`, `zip`, `country`, `gen`, `dob`).
 #[derive(Debug, Clone)]
 pub struct Encoder {
+    /// The destination's name, for counting values that fail coercion.
+    destination: String,
     keys: Vec<MetaKey>,
-    attributes: AttributeMap,
 }
 
 impl Encoder {
     /// Columns follow [`MetaKey`]'s fixed order, whatever the config order.
-    pub fn new(identifiers: &[MetaKey], attributes: AttributeMap) -> Self {
+    pub fn new(destination: &str, identifiers: &[MetaKey]) -> Self {
         let mut keys = identifiers.to_vec();
         keys.sort();
         keys.dedup();
-        Encoder { keys, attributes }
+        Encoder {
+            destination: destination.to_owned(),
+            keys,
+        }
     }
 
     pub fn schema(&self) -> Vec<&'static str> {
@@ -39,16 +45,20 @@ impl Encoder {
     /// True when the person has a value for a key that can match alone
     /// (EXTERN_ID, EMAIL or PHONE); names and addresses only refine.
     pub fn can_address(&self, person: &PersonRecord) -> bool {
+        let none = Mapping::default();
         self.keys
             .iter()
-            .any(|k| k.matches_alone() && self.value(*k, person).is_some())
+            .any(|k| k.matches_alone() && self.value(*k, person, &none).is_some())
     }
 
     /// The person's row in schema order, "" for a missing key; None when
     /// the person cannot be addressed.
-    pub fn row(&self, person: &PersonRecord) -> Option<Vec<String>> {
-        let values: Vec<Option<String>> =
-            self.keys.iter().map(|k| self.value(*k, person)).collect();
+    pub fn row(&self, person: &PersonRecord, mapping: &Mapping) -> Option<Vec<String>> {
+        let values: Vec<Option<String>> = self
+            .keys
+            .iter()
+            .map(|k| self.value(*k, person, mapping))
+            .collect();
         let addressable = self
             .keys
             .iter()
@@ -58,8 +68,8 @@ impl Encoder {
     }
 
     /// The payload for every addressable person, and how many were left out.
-    pub fn payload(&self, people: &[PersonRecord]) -> (Payload, usize) {
-        let data: Vec<Vec<String>> = people.iter().filter_map(|p| self.row(p)).collect();
+    pub fn payload(&self, people: &[PersonRecord], mapping: &Mapping) -> (Payload, usize) {
+        let data: Vec<Vec<String>> = people.iter().filter_map(|p| self.row(p, mapping)).collect();
         let skipped = people.len() - data.len();
         let payload = Payload {
             schema: self.schema(),
@@ -70,8 +80,8 @@ impl Encoder {
     }
 
     /// The value sent for one key: hashed, except EXTERN_ID.
-    fn value(&self, key: MetaKey, p: &PersonRecord) -> Option<String> {
-        let a = &self.attributes;
+    fn value(&self, key: MetaKey, p: &PersonRecord, mapping: &Mapping) -> Option<String> {
+        let attr = |field: &str| mapping.text(field, p, &self.destination);
         let normalized = match key {
             MetaKey::ExternId => {
                 return p
@@ -84,15 +94,15 @@ impl Encoder {
             }
             MetaKey::Email => p.email.as_deref().and_then(norm::email),
             MetaKey::Phone => p.phone.as_deref().and_then(norm::phone),
-            MetaKey::FirstName => attr(p, &a.first_name).and_then(|v| norm::first_name(&v)),
-            MetaKey::LastName => attr(p, &a.last_name).and_then(|v| norm::last_name(&v)),
-            MetaKey::City => attr(p, &a.city).and_then(|v| norm::city(&v)),
-            MetaKey::State => attr(p, &a.state).and_then(|v| norm::state(&v)),
-            MetaKey::Zip => attr(p, &a.zip).and_then(|v| norm::zip(&v)),
-            MetaKey::Country => attr(p, &a.country).and_then(|v| norm::country(&v)),
-            MetaKey::Gender => attr(p, &a.gender).and_then(|v| norm::gender(&v)),
+            MetaKey::FirstName => attr("fn").and_then(|v| norm::first_name(&v)),
+            MetaKey::LastName => attr("ln").and_then(|v| norm::last_name(&v)),
+            MetaKey::City => attr("ct").and_then(|v| norm::city(&v)),
+            MetaKey::State => attr("st").and_then(|v| norm::state(&v)),
+            MetaKey::Zip => attr("zip").and_then(|v| norm::zip(&v)),
+            MetaKey::Country => attr("country").and_then(|v| norm::country(&v)),
+            MetaKey::Gender => attr("gen").and_then(|v| norm::gender(&v)),
             MetaKey::BirthYear | MetaKey::BirthMonth | MetaKey::BirthDay => {
-                let dob = attr(p, &a.date_of_birth).and_then(|v| norm::date_of_birth(&v))?;
+                let dob = attr("dob").and_then(|v| norm::date_of_birth(&v))?;
                 Some(match key {
                     MetaKey::BirthYear => dob.year,
                     MetaKey::BirthMonth => dob.month,
@@ -101,15 +111,6 @@ impl Encoder {
             }
         };
         normalized.map(|v| sha256_hex(&v))
-    }
-}
-
-/// A string or number attribute as text; other JSON types are ignored.
-fn attr(p: &PersonRecord, name: &str) -> Option<String> {
-    match p.attributes.get(name)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 
@@ -149,10 +150,12 @@ mod tests {
     }
 
     fn default_encoder() -> Encoder {
-        Encoder::new(
-            &[MetaKey::ExternId, MetaKey::Email, MetaKey::Phone],
-            AttributeMap::default(),
-        )
+        Encoder::new("meta", &[MetaKey::ExternId, MetaKey::Email, MetaKey::Phone])
+    }
+
+    /// The default mapping (fn ← first_name, …, dob ← date_of_birth).
+    fn defaults() -> Mapping {
+        Mapping::resolve(super::super::FIELDS, false, &[]).unwrap()
     }
 
     #[test]
@@ -160,7 +163,7 @@ mod tests {
         let e = default_encoder();
         assert_eq!(e.schema(), ["EXTERN_ID", "EMAIL", "PHONE"]);
         assert_eq!(
-            e.row(&person()).unwrap(),
+            e.row(&person(), &defaults()).unwrap(),
             ["cust-1", EMAIL_HASH, PHONE_HASH]
         );
     }
@@ -168,13 +171,13 @@ mod tests {
     #[test]
     fn schema_order_is_fixed_whatever_the_config_order() {
         let e = Encoder::new(
+            "meta",
             &[
                 MetaKey::Phone,
                 MetaKey::FirstName,
                 MetaKey::Email,
                 MetaKey::Phone,
             ],
-            AttributeMap::default(),
         );
         assert_eq!(e.schema(), ["EMAIL", "PHONE", "FN"]);
     }
@@ -182,6 +185,7 @@ mod tests {
     #[test]
     fn attributes_are_normalized_then_hashed_and_missing_ones_are_blank() {
         let e = Encoder::new(
+            "meta",
             &[
                 MetaKey::Email,
                 MetaKey::FirstName,
@@ -191,9 +195,8 @@ mod tests {
                 MetaKey::BirthMonth,
                 MetaKey::BirthDay,
             ],
-            AttributeMap::default(),
         );
-        let row = e.row(&person()).unwrap();
+        let row = e.row(&person(), &defaults()).unwrap();
         assert_eq!(
             row,
             [EMAIL_HASH, JOHN_HASH, "", CA_HASH, Y1990_HASH, M03_HASH, D07_HASH]
@@ -202,50 +205,52 @@ mod tests {
 
     #[test]
     fn numbers_and_renamed_attributes_are_read() {
-        let map = AttributeMap {
-            date_of_birth: "born".into(),
-            ..Default::default()
-        };
-        let e = Encoder::new(&[MetaKey::Email, MetaKey::Zip, MetaKey::BirthYear], map);
+        let born: crate::destinations::MapConfig = [(
+            "dob".to_owned(),
+            crate::destinations::mapping::FieldSource::From("born".into()),
+        )]
+        .into();
+        let map = Mapping::resolve(super::super::FIELDS, false, &[&born]).unwrap();
+        let e = Encoder::new("meta", &[MetaKey::Email, MetaKey::Zip, MetaKey::BirthYear]);
         let mut p = person();
         // date -u -d 1990-03-07T12:00:00Z +%s
         p.attributes.insert("born".into(), json!(636811200));
-        let row = e.row(&p).unwrap();
+        let row = e.row(&p, &map).unwrap();
         assert_eq!(row[1], sha256_hex("94107"));
         assert_eq!(row[2], Y1990_HASH);
     }
 
     #[test]
     fn extern_id_falls_back_to_cio_id_and_is_never_hashed() {
-        let e = Encoder::new(&[MetaKey::ExternId], AttributeMap::default());
+        let e = Encoder::new("meta", &[MetaKey::ExternId]);
         let mut p = person();
         p.customer_id = None;
-        assert_eq!(e.row(&p).unwrap(), ["a1b2"]);
+        assert_eq!(e.row(&p, &defaults()).unwrap(), ["a1b2"]);
         p.cio_id = Some("  ".into());
-        assert_eq!(e.row(&p), None);
+        assert_eq!(e.row(&p, &defaults()), None);
     }
 
     #[test]
     fn names_alone_do_not_make_a_person_addressable() {
         let e = Encoder::new(
+            "meta",
             &[MetaKey::Email, MetaKey::Phone, MetaKey::FirstName],
-            AttributeMap::default(),
         );
         let mut p = person();
         p.email = None;
         p.phone = None;
         assert!(!e.can_address(&p));
-        assert_eq!(e.row(&p), None);
+        assert_eq!(e.row(&p, &defaults()), None);
         p.phone = Some("+15551234567".into());
         assert!(e.can_address(&p));
-        assert_eq!(e.row(&p).unwrap(), ["", PHONE_HASH, JOHN_HASH]);
+        assert_eq!(e.row(&p, &defaults()).unwrap(), ["", PHONE_HASH, JOHN_HASH]);
     }
 
     #[test]
     fn the_payload_leaves_out_unaddressable_people_and_serializes_as_meta_wants() {
         let e = default_encoder();
         let nobody = PersonRecord::default();
-        let (payload, skipped) = e.payload(&[person(), nobody]);
+        let (payload, skipped) = e.payload(&[person(), nobody], &defaults());
         assert_eq!(skipped, 1);
         assert_eq!(
             serde_json::to_value(&payload).unwrap(),

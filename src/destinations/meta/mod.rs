@@ -11,9 +11,7 @@ mod service;
 
 use async_trait::async_trait;
 
-pub use config::{
-    AttributeMap, CustomerFileSource, MetaConfig, MetaKey, DELIVERY, MAX_ROWS_PER_REQUEST,
-};
+pub use config::{CustomerFileSource, MetaConfig, MetaKey, DELIVERY, FIELDS, MAX_ROWS_PER_REQUEST};
 pub use encoder::{Encoder, Payload};
 pub use request::{Endpoints, MetaRequest};
 pub use service::Service;
@@ -46,7 +44,7 @@ impl MetaDestination {
             anyhow::bail!("destination {name:?}: {}", problems.join("; "));
         }
         Ok(MetaDestination {
-            encoder: Encoder::new(&config.identifiers, config.attribute_map.clone()),
+            encoder: Encoder::new(&name, &config.identifiers),
             endpoints: Endpoints::new(&config.base_url, &config.api_version)?,
             service: Service::new(delivery.request_timeout, config.access_token.clone())?,
             name,
@@ -124,7 +122,7 @@ impl Destination for MetaDestination {
         let audience_id = target.platform_audience_id;
         let (mut received, mut invalid, mut sent) = (0, 0, 0);
         for chunk in people.chunks(MAX_ROWS_PER_REQUEST) {
-            let (payload, skipped) = self.encoder.payload(chunk);
+            let (payload, skipped) = self.encoder.payload(chunk, target.mapping);
             received += skipped;
             invalid += skipped;
             if payload.data.is_empty() {
@@ -170,10 +168,11 @@ impl Destination for MetaDestination {
     /// or none addressable is refused without a request.
     async fn send_replace(
         &self,
-        audience_id: &str,
+        target: &SendTarget<'_>,
         session: &ReplaceSession,
         people: &[PersonRecord],
     ) -> SendOutcome {
+        let audience_id = target.platform_audience_id;
         if people.len() > MAX_ROWS_PER_REQUEST {
             return SendOutcome::Permanent {
                 reason: format!(
@@ -182,7 +181,7 @@ impl Destination for MetaDestination {
                 ),
             };
         }
-        let (payload, skipped) = self.encoder.payload(people);
+        let (payload, skipped) = self.encoder.payload(people, target.mapping);
         if payload.data.is_empty() {
             return SendOutcome::Permanent {
                 reason: UNMATCHED.into(),
@@ -214,6 +213,7 @@ impl Destination for MetaDestination {
 mod tests {
     use super::*;
     use crate::config::Secret;
+    use crate::destinations::Mapping;
     use std::time::Duration;
 
     #[test]
@@ -256,9 +256,11 @@ mod tests {
         c.base_url = "http://127.0.0.1:9".into();
         let d = MetaDestination::new("meta", c, DELIVERY).unwrap();
         let def = audience_def();
+        let mapping = Mapping::default();
         let target = SendTarget {
             audience: &def,
             platform_audience_id: "1",
+            mapping: &mapping,
         };
         let out = d
             .send(&target, SyncOp::Add, &[PersonRecord::default()])
@@ -290,8 +292,14 @@ mod tests {
             last_batch: true,
             estimated_total: 1,
         };
+        let (def, mapping) = (audience_def(), Mapping::default());
+        let target = SendTarget {
+            audience: &def,
+            platform_audience_id: "1",
+            mapping: &mapping,
+        };
         assert_eq!(
-            d.send_replace("1", &session, &[PersonRecord::default()])
+            d.send_replace(&target, &session, &[PersonRecord::default()])
                 .await,
             SendOutcome::Permanent {
                 reason: UNMATCHED.into()
@@ -299,7 +307,7 @@ mod tests {
         );
         let many = vec![PersonRecord::default(); MAX_ROWS_PER_REQUEST + 1];
         assert_eq!(
-            d.send_replace("1", &session, &many).await.class(),
+            d.send_replace(&target, &session, &many).await.class(),
             "permanent"
         );
     }

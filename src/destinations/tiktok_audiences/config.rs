@@ -6,12 +6,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Secret;
-use crate::destinations::DeliverySettings;
+use crate::destinations::{DeliverySettings, FieldSpec};
 use crate::normalization::tiktok::PhoneFormat;
 
 /// The most rows koala allows in one `/segment/mapping/` request.
 /// TikTok's own limit is UNCONFIRMED; see `max_batch`.
 pub const MAX_ROWS_LIMIT: usize = 10_000;
+
+/// TikTok's audience segment API takes hashed ids only: no attribute
+/// fields to map.
+pub const FIELDS: &[FieldSpec] = &[];
 
 /// Engine defaults. TikTok's batch limit and rate are UNCONFIRMED:
 /// 1,000 rows and 5 requests/s are cautious guesses, both overridable.

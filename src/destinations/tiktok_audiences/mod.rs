@@ -13,7 +13,7 @@ mod service;
 use async_trait::async_trait;
 use serde_json::Value;
 
-pub use config::{TiktokConfig, TiktokKey, DELIVERY, MAX_ROWS_LIMIT};
+pub use config::{TiktokConfig, TiktokKey, DELIVERY, FIELDS, MAX_ROWS_LIMIT};
 pub use encoder::Encoder;
 pub use service::CodeTable;
 
@@ -169,9 +169,11 @@ mod tests {
             mode: Default::default(),
             destinations: vec!["tt".into()],
         };
+        let mapping = crate::destinations::Mapping::resolve(FIELDS, false, &[]).unwrap();
         let target = SendTarget {
             audience: &def,
             platform_audience_id: "9",
+            mapping: &mapping,
         };
         assert_eq!(
             d.send(&target, SyncOp::Add, &[PersonRecord::default()])
