@@ -26,8 +26,6 @@ pub(super) struct Dispatcher {
     /// koala audience id → platform audience id (configured or created).
     pub audience_ids: Arc<tokio::sync::Mutex<HashMap<i64, String>>>,
     pub grace: Duration,
-    /// The destination's request rate; every request takes a token.
-    pub limiter: Arc<DefaultDirectRateLimiter>,
     /// koala audience id → its attribute mapping at this destination.
     pub mappings: HashMap<i64, Arc<Mapping>>,
 }
@@ -41,7 +39,7 @@ impl Dispatcher {
         let limits = self.control.destination().limits();
         let name = self.control.destination().name().to_owned();
         let permits = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-        let limiter = self.limiter.clone();
+        let limiter = self.control.limiter.clone();
         // Retries come due without a wake-up; look for them this often.
         let idle_poll = Duration::from_millis(500);
         let this = Arc::new(self);
@@ -216,7 +214,7 @@ impl Dispatcher {
         let mut first = true;
         while let Some(range) = parts.pop() {
             if !first {
-                self.limiter.until_ready().await;
+                self.control.limiter.until_ready().await;
             }
             first = false;
             metrics::histogram!("koala_destination_batch_size", "destination" => name.clone(), "op" => op.as_str())

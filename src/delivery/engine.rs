@@ -31,6 +31,9 @@ pub(crate) struct Control {
     pub resumed: tokio::sync::Notify,
     /// Rows in requests this process has in flight, per koala audience id.
     in_flight: Mutex<HashMap<i64, i64>>,
+    /// The destination's request rate: every request to it, from the
+    /// dispatcher or a full replace, takes a token.
+    pub limiter: Arc<governor::DefaultDirectRateLimiter>,
     /// Swapped by a config reload (a rotated token, say).
     destination: RwLock<Arc<dyn Destination>>,
 }
@@ -38,6 +41,9 @@ pub(crate) struct Control {
 impl Control {
     fn new(destination: Arc<dyn Destination>) -> Self {
         Control {
+            limiter: Arc::new(super::dispatcher::rate_limiter(
+                destination.limits().requests_per_second,
+            )),
             status: Mutex::new(DestinationStatus::default()),
             resumed: tokio::sync::Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
@@ -78,6 +84,24 @@ impl Control {
         if *n <= 0 {
             m.remove(&audience_id);
         }
+    }
+}
+
+/// A destination as the engine runs it, for work outside the dispatcher
+/// (a full replace): the settings as last reloaded (SIGHUP) and the rate
+/// limit every request to it shares.
+#[derive(Clone)]
+pub struct DestinationHandle(Arc<Control>);
+
+impl DestinationHandle {
+    /// The destination with its current settings (a rotated token, say).
+    pub fn current(&self) -> Arc<dyn Destination> {
+        self.0.destination()
+    }
+
+    /// Waits for one token of the destination's request rate.
+    pub async fn until_ready(&self) {
+        self.0.limiter.until_ready().await
     }
 }
 
@@ -144,9 +168,6 @@ impl Engine {
                 cancel: cancel.clone(),
                 audience_ids: Arc::new(tokio::sync::Mutex::new(audience_ids)),
                 grace,
-                limiter: Arc::new(super::dispatcher::rate_limiter(
-                    destination.limits().requests_per_second,
-                )),
                 mappings: by_audience,
             };
             tasks.spawn(dispatcher.run());
@@ -163,6 +184,11 @@ impl Engine {
 
     pub fn status(&self, destination: &str) -> Option<DestinationStatus> {
         self.controls.get(destination).map(|c| c.snapshot())
+    }
+
+    /// The running destination named `name`.
+    pub fn handle(&self, name: &str) -> Option<DestinationHandle> {
+        self.controls.get(name).cloned().map(DestinationHandle)
     }
 
     /// Rows of an audience in requests to `destination` right now.

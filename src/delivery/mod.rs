@@ -5,7 +5,7 @@
 mod dispatcher;
 mod engine;
 
-pub use engine::{DestinationStatus, Engine};
+pub use engine::{DestinationHandle, DestinationStatus, Engine};
 
 use std::collections::HashMap;
 use std::sync::Arc;
