@@ -284,3 +284,49 @@ async fn google_request_status_errors_are_counted() {
     assert!(fake.status_checks() >= 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn google_the_address_comes_through_the_sync_targets_mapping() {
+    let fake = FakeGoogle::start().await;
+    let cfg = base_config("")
+        + &fake.destination_toml(
+            "google",
+            r#"identifiers = ["email", "address"]
+map = { ad_personalization = "ads_ok" }"#,
+        )
+        + &cart_audience(
+            &format!(
+                r#"{{ destination = "google", audience_id = "{AUD}", map = {{ family_name = "surname" }} }}"#
+            ),
+            "mirror",
+        );
+    let app = TestApp::start_with(&cfg).await;
+    let (status, body) = app
+        .segment_webhook(&json!({
+            "segment_id": CART_SEGMENT, "action": "entered", "occurred_at": T0,
+            "identifiers": {"id": "u1", "email": "U1@Example.com"},
+            "attributes": {"first_name": "Mrs. Ann", "surname": "Lee Jr.", "country": "us",
+                           "zip": "94045", "ads_ok": "denied"}
+        }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    until("u1 ingested", LONG, || async {
+        fake.members(AUD).len() == 1
+    })
+    .await;
+    let r = &fake.successful_requests()[0];
+    let member = &r.body["audienceMembers"][0];
+    assert_eq!(
+        member["userData"]["userIdentifiers"],
+        json!([
+            {"emailAddress": sha256_hex("u1@example.com")},
+            {"address": {"givenName": sha256_hex("ann"), "familyName": sha256_hex("lee"),
+                         "regionCode": "US", "postalCode": "94045"}}
+        ])
+    );
+    assert_eq!(
+        member["consent"],
+        json!({"adPersonalization": "CONSENT_DENIED"})
+    );
+    app.stop().await;
+}
