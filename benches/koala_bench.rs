@@ -63,7 +63,7 @@ use fake_app_api::{FakeAppApi, FAKE_APP_API_KEY};
 use fake_meta::{FakeMeta, RecordedRequest, FAKE_META_TOKEN};
 
 const USAGE: &str = "usage: cargo bench --bench koala_bench -- [--quick] [--json FILE] \
-[--store URL] [--only ingest,e2e,batch,memory,resync]";
+[--store URL] [--only ingest,e2e,batch,memory,resync] [--resync-runs sizes,lookups,replace]";
 
 const WEBHOOK_KEY: &str = "bench-webhook-signing-key";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -119,7 +119,13 @@ struct Options {
     json: Option<PathBuf>,
     store: Option<String>,
     only: BTreeSet<Phase>,
+    /// Which runs of the resync phase: `sizes` (100k and 1M without a
+    /// destination), `lookups` (first resync with phone lookups at 10/s),
+    /// `replace` (1M with lookups and a full replace).
+    resync_runs: BTreeSet<String>,
 }
+
+const RESYNC_RUNS: [&str; 3] = ["sizes", "lookups", "replace"];
 
 enum Mode {
     Bench(Options),
@@ -146,6 +152,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         json: None,
         store: None,
         only: Phase::ALL.into_iter().collect(),
+        resync_runs: RESYNC_RUNS.iter().map(|r| r.to_string()).collect(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -159,6 +166,18 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                 opts.only = value()?
                     .split(',')
                     .map(|p| Phase::parse(p).ok_or(format!("--only: unknown phase {p:?}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--resync-runs" => {
+                opts.resync_runs = value()?
+                    .split(',')
+                    .map(|r| {
+                        let r = r.trim();
+                        RESYNC_RUNS
+                            .contains(&r)
+                            .then(|| r.to_owned())
+                            .ok_or(format!("--resync-runs: unknown run {r:?}"))
+                    })
                     .collect::<Result<_, _>>()?;
             }
             other => return Err(format!("unknown argument {other:?}")),
@@ -180,6 +199,15 @@ struct Plan {
     /// Giving up on a resync of 1M (twice the 60 s target) and of less.
     resync_timeout_1m: Duration,
     resync_timeout: Duration,
+    /// First resync with phone lookups at the App API's real 10/s: size
+    /// and when to give up (the floor is about size / 1,000 s).
+    enrich_size: u64,
+    enrich_timeout: Duration,
+    /// Phone lookups plus a full replace to Meta, at a raised App API rate
+    /// (koala's limit and the fake's) so it takes minutes, not hours.
+    enrich_replace_size: u64,
+    enrich_replace_rps: u32,
+    enrich_replace_timeout: Duration,
 }
 
 impl Plan {
@@ -194,6 +222,11 @@ impl Plan {
                 resync_sizes: &[100_000],
                 resync_timeout_1m: Duration::from_secs(25),
                 resync_timeout: Duration::from_secs(25),
+                enrich_size: 10_000,
+                enrich_timeout: Duration::from_secs(60),
+                enrich_replace_size: 100_000,
+                enrich_replace_rps: 200,
+                enrich_replace_timeout: Duration::from_secs(120),
             }
         } else {
             Plan {
@@ -205,6 +238,11 @@ impl Plan {
                 resync_sizes: &[100_000, 1_000_000],
                 resync_timeout_1m: Duration::from_secs(120),
                 resync_timeout: Duration::from_secs(60),
+                enrich_size: 200_000,
+                enrich_timeout: Duration::from_secs(600),
+                enrich_replace_size: 1_000_000,
+                enrich_replace_rps: 200,
+                enrich_replace_timeout: Duration::from_secs(1200),
             }
         }
     }
@@ -1360,10 +1398,17 @@ fn report_batch(report: &mut Report, load: &BatchLoad, calls: &[usize], tally: &
 /// `{"id":…}`, then `GET /v1/resyncs/{id}` → `{"phase": "done"|"failed"|…,
 /// "members_seen": N, …}`. Until koala serves it (404), prints "resync: not
 /// yet available". A fresh koala per size keeps VmHWM meaningful; koala has
-/// no destination here, so this is the App API → store path alone.
+/// no destination here, so this is the App API → store path alone. Then
+/// the two runs with phone lookups (`bench_enrich`, `bench_enrich_replace`).
 async fn bench_resync(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     eprintln!("== resync");
-    for &size in ctx.plan.resync_sizes {
+    let runs = &ctx.opts.resync_runs;
+    let sizes: &[u64] = if runs.contains("sizes") {
+        ctx.plan.resync_sizes
+    } else {
+        &[]
+    };
+    for &size in sizes {
         if !resync_size(ctx, report, size).await? {
             println!("resync: not yet available");
             report.text(
@@ -1371,10 +1416,224 @@ async fn bench_resync(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 "resync",
                 "not yet available (POST /v1/audiences/{name}/resync answered 404)".into(),
             );
-            break;
+            return Ok(());
         }
     }
+    if runs.contains("lookups") {
+        bench_enrich(ctx, report).await?;
+    }
+    if runs.contains("replace") {
+        bench_enrich_replace(ctx, report).await?;
+    }
     Ok(())
+}
+
+fn size_label(size: u64) -> String {
+    if size >= 1_000_000 {
+        format!("{}M", size / 1_000_000)
+    } else {
+        format!("{}k", size / 1_000)
+    }
+}
+
+/// koala with a Meta destination on Meta's default identifiers (phone
+/// among them, which the membership listing lacks, so every new member is
+/// looked up), against the fakes, at `app_api_rps` (koala's limit).
+async fn enrich_koala(
+    ctx: &Ctx,
+    api: &FakeAppApi,
+    meta: &FakeMeta,
+    app_api_rps: u32,
+) -> anyhow::Result<Koala> {
+    // Meta's default concurrency (2); the fake answers at once.
+    let mut setup = meta_setup(meta, 1000.0, 2);
+    setup.customerio = format!(
+        "app_api_key = \"{FAKE_APP_API_KEY}\"\napp_api_base_url = \"{}\"\napp_api_requests_per_second = {app_api_rps}",
+        api.base_url()
+    );
+    Koala::start(ctx, &setup).await
+}
+
+/// (a) A first resync of members koala has never seen, with phone
+/// lookups at the App API's documented 10 requests/s. The floor is what
+/// the App API allows: (membership pages + bulk lookups) / 10 per second.
+async fn bench_enrich(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let size = ctx.plan.enrich_size;
+    let api = FakeAppApi::start().await;
+    api.set_generated_segment_with_phones(SEGMENT, size, "m");
+    let meta = FakeMeta::start().await;
+    let koala = enrich_koala(ctx, &api, &meta, APP_API_RPS as u32).await?;
+    let label = size_label(size);
+    let name = |what: &str| format!("{label} all new + phone lookups: {what}");
+    let limit = ctx.plan.enrich_timeout;
+    let Some(run) = run_resync(
+        ctx,
+        &koala,
+        size,
+        "",
+        limit,
+        &format!("resync {label} + phones"),
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let section = "resync";
+    let pages = api.pages_served();
+    let bulk = api.bulk_lookups().len();
+    let floor = (pages + bulk) as f64 / APP_API_RPS;
+    report_lookups(report, &run, &name(""));
+    report.num(
+        section,
+        name("membership pages + bulk lookups"),
+        (pages + bulk) as f64,
+        "",
+    );
+    report.num(
+        section,
+        name("App API floor ((pages + lookups) / 10 req/s)"),
+        floor,
+        "s",
+    );
+    if run.phase == "done" {
+        report.num(section, name("wall"), run.wall.as_secs_f64(), "s");
+        let ratio = run.wall.as_secs_f64() / floor;
+        report.check(
+            section,
+            name("wall / floor"),
+            ratio,
+            "x",
+            "<= 1.5x",
+            ratio <= 1.5,
+        );
+    } else {
+        eprintln!("koala's log (last lines):\n{}", koala.log_tail());
+        report.text(section, name("wall"), run.summary());
+    }
+    report.num_opt(
+        section,
+        name("peak RSS (VmHWM)"),
+        koala.memory_mb("VmHWM"),
+        "MB",
+    );
+    Ok(())
+}
+
+/// (b) 1M new members with phone lookups and a full replace to Meta
+/// (`?replace=meta`), at a raised App API rate, for koala's peak memory;
+/// then `GET /v1/audiences` timed at that size.
+async fn bench_enrich_replace(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let plan = &ctx.plan;
+    let size = plan.enrich_replace_size;
+    let rps = plan.enrich_replace_rps;
+    let api = FakeAppApi::start().await;
+    api.set_generated_segment_with_phones(SEGMENT, size, "m");
+    api.set_rate_limit(Some(rps as usize));
+    api.set_keep_log(false);
+    let meta = FakeMeta::start().await;
+    // The platform audience exists, with someone koala never had.
+    meta.set_members(META_AUDIENCE, &["stale-before-koala"]);
+    let koala = enrich_koala(ctx, &api, &meta, rps).await?;
+    let label = size_label(size);
+    let name = |what: &str| format!("{label} + phones + replace: {what}");
+    let section = "resync";
+    report.text(
+        section,
+        name("App API rate used (koala and the fake)"),
+        format!("{rps} req/s"),
+    );
+    let limit = plan.enrich_replace_timeout;
+    let Some(run) = run_resync(
+        ctx,
+        &koala,
+        size,
+        "?replace=meta",
+        limit,
+        &format!("resync {label} + phones + replace"),
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    report_lookups(report, &run, &name(""));
+    if run.phase == "done" {
+        report.num(section, name("wall"), run.wall.as_secs_f64(), "s");
+        let floor = (api.pages_served() + api.bulk_lookups().len()) as f64 / rps as f64;
+        report.num(section, name("App API floor at that rate"), floor, "s");
+    } else {
+        eprintln!("koala's log (last lines):\n{}", koala.log_tail());
+        report.text(section, name("wall"), run.summary());
+    }
+    let replaced = &run.last["replaced"][0];
+    report.num(
+        section,
+        name("replace rows accepted"),
+        replaced["rows"].as_f64().unwrap_or(f64::NAN),
+        "",
+    );
+    match koala.memory_mb("VmHWM") {
+        Some(mb) => report.check(
+            section,
+            name("peak RSS (VmHWM)"),
+            mb,
+            "MB",
+            "<= 150 MB",
+            mb <= 150.0,
+        ),
+        None => report.num_opt(section, name("peak RSS (VmHWM)"), None, "MB"),
+    }
+    // GET /v1/audiences with a million members.
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let response = ctx
+            .http
+            .get(format!("{}/v1/audiences", koala.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        let ok = response.status().is_success();
+        let _ = response.bytes().await?;
+        if !ok {
+            bail!("GET /v1/audiences failed");
+        }
+        times.push(started.elapsed());
+    }
+    let l = Latencies::new(times);
+    report.check(
+        section,
+        format!("GET /v1/audiences at {label} members: median"),
+        l.ms(50.0),
+        "ms",
+        "< 50 ms",
+        l.ms(50.0) < 50.0,
+    );
+    report.num(
+        section,
+        format!("GET /v1/audiences at {label} members: max of 20"),
+        l.ms(100.0),
+        "ms",
+    );
+    Ok(())
+}
+
+/// The lookup counts a run reported.
+fn report_lookups(report: &mut Report, run: &ResyncRun, prefix: &str) {
+    let l = &run.last["lookups"];
+    let n = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    report.num(
+        "resync",
+        format!("{prefix}people looked up"),
+        n(&l["found"]),
+        "",
+    );
+    report.num(
+        "resync",
+        format!("{prefix}not looked up (any reason)"),
+        n(&run.last["profiles_failed"]),
+        "",
+    );
 }
 
 /// One segment size: all-new resync, then an unchanged one. False when
@@ -1395,7 +1654,16 @@ async fn resync_size(ctx: &Ctx, report: &mut Report, size: u64) -> anyhow::Resul
     } else {
         format!("{}k", size / 1_000)
     };
-    let Some(first) = run_resync(ctx, &koala, size, &format!("resync {label}, all new")).await?
+    let limit = resync_limit(&ctx.plan, size);
+    let Some(first) = run_resync(
+        ctx,
+        &koala,
+        size,
+        "",
+        limit,
+        &format!("resync {label}, all new"),
+    )
+    .await?
     else {
         return Ok(false);
     };
@@ -1416,7 +1684,15 @@ async fn resync_size(ctx: &Ctx, report: &mut Report, size: u64) -> anyhow::Resul
         report.text(section, name("unchanged"), why);
         return Ok(true);
     }
-    let Some(second) = run_resync(ctx, &koala, size, &format!("resync {label}, unchanged")).await?
+    let Some(second) = run_resync(
+        ctx,
+        &koala,
+        size,
+        "",
+        limit,
+        &format!("resync {label}, unchanged"),
+    )
+    .await?
     else {
         return Ok(false);
     };
@@ -1517,15 +1793,26 @@ impl ResyncRun {
     }
 }
 
-/// Triggers a resync and polls it to an end (bounded). None on 404.
+fn resync_limit(plan: &Plan, size: u64) -> Duration {
+    if size >= 1_000_000 {
+        plan.resync_timeout_1m
+    } else {
+        plan.resync_timeout
+    }
+}
+
+/// Triggers a resync (`query` e.g. `?replace=meta`) and polls it to an
+/// end, for at most `limit`. None on 404.
 async fn run_resync(
     ctx: &Ctx,
     koala: &Koala,
     size: u64,
+    query: &str,
+    limit: Duration,
     label: &str,
 ) -> anyhow::Result<Option<ResyncRun>> {
     let started = Instant::now();
-    let url = format!("{}/v1/audiences/{AUDIENCE}/resync", koala.base);
+    let url = format!("{}/v1/audiences/{AUDIENCE}/resync{query}", koala.base);
     let response = ctx
         .http
         .post(url)
@@ -1549,13 +1836,8 @@ async fn run_resync(
         Value::Null => bail!("POST resync answered 202 without an id: {body}"),
         other => other.to_string(),
     };
+    // Members seen, then (with lookups) people looked up or accounted for.
     let bar = counter(size, label);
-    let plan = &ctx.plan;
-    let limit = if size >= 1_000_000 {
-        plan.resync_timeout_1m
-    } else {
-        plan.resync_timeout
-    };
     let deadline = started + limit;
     let run = loop {
         let url = format!("{}/v1/resyncs/{id}", koala.base);
@@ -1569,7 +1851,15 @@ async fn run_resync(
             .await?;
         let phase = job["phase"].as_str().unwrap_or("unknown").to_owned();
         let members_seen = job["members_seen"].as_u64().unwrap_or(0);
-        bar.set_position(members_seen);
+        let queued = job["lookups"]["queued"].as_u64().unwrap_or(0);
+        if queued > 0 {
+            let done = job["profiles_fetched"].as_u64().unwrap_or(0)
+                + job["profiles_failed"].as_u64().unwrap_or(0);
+            bar.set_length(size * 2);
+            bar.set_position(members_seen + done);
+        } else {
+            bar.set_position(members_seen);
+        }
         let timed_out = Instant::now() > deadline;
         if phase == "done" || phase == "failed" || timed_out {
             let phase = if timed_out && phase != "done" {

@@ -168,6 +168,7 @@ pub async fn start_with(
         store.clone(),
         catalog.clone(),
         wakers,
+        config.identity.phone_rules(),
     );
     let stop = CancellationToken::new();
     resyncs.schedule(

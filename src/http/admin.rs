@@ -227,8 +227,10 @@ fn replace_targets(
                 "replace: {name:?} is not a destination of audience {audience:?}"
             )));
         };
-        let destination = crate::destinations::build(config)
-            .map_err(|e| ApiError::Internal(format!("destination {name:?}: {e}")))?;
+        let destination = state
+            .engine
+            .handle(name)
+            .ok_or_else(|| ApiError::Internal(format!("destination {name:?} is not running")))?;
         let mapping = config
             .mapping(&entry.map)
             .map_err(|e| ApiError::Internal(format!("destination {name:?}: {}", e.join("; "))))?;

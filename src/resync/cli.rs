@@ -131,6 +131,24 @@ fn print_summary(audience: &str, job: &Value) {
     println!("  unchanged       {}", job["unchanged"]);
     println!("  stale           {} (newer webhooks won)", job["stale"]);
     println!("  new people      {}", job["new_people"]);
+    let lookups = &job["lookups"];
+    if lookups["queued"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  looked up       {} of {} in {} bulk requests ({} changed)",
+            lookups["found"], lookups["queued"], lookups["requests"], lookups["changed"]
+        );
+        let reasons = &lookups["not_looked_up"];
+        let not: Vec<String> = reasons
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
+        if !not.is_empty() {
+            println!("  NOT looked up   {}", not.join(", "));
+        }
+    }
     for (label, key) in [
         ("would enter", "sample_entered"),
         ("would exit", "sample_exited"),

@@ -1,14 +1,14 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::lookup::{self, LookupReport};
 use crate::audiences::AudienceDef;
-use crate::customerio::app_api::{AppApiClient, IdType, MembershipPage};
-use crate::delivery::Wakers;
+use crate::backoff::Backoff;
+use crate::customerio::app_api::{AppApiClient, MembershipPage};
+use crate::delivery::{DestinationHandle, Wakers};
 use crate::destinations::{Destination, Mapping, ReplaceSession, SendOutcome, SendTarget};
-use crate::identity::{Email, Phone};
 use crate::store::{now_ms, PersonRecord, SnapshotDiff, SnapshotJob, Store};
 
 /// Masked identifiers kept as examples in a job's report.
@@ -19,6 +19,10 @@ const PREFETCH: usize = 2;
 const REPLACE_BATCH: usize = 10_000;
 /// Tries of one replace batch before the replace is given up.
 const REPLACE_ATTEMPTS: u32 = 10;
+/// A replace batch counts as read this long before its read began: a
+/// profile merged just before that may not have been committed yet, and
+/// sending such a person once more is cheaper than missing their change.
+const READ_MARGIN_MS: i64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,7 +32,8 @@ pub enum Phase {
     Fetching,
     /// All pages in: applying exits for members the segment no longer has.
     Exits,
-    /// Looking up phones and attributes of people first seen in this resync.
+    /// Membership applied (and any replace done): looking up the phones
+    /// and attributes of people first seen in this resync that are left.
     Enriching,
     /// Replacing the whole platform audience of the destinations asked for.
     Replacing,
@@ -78,7 +83,9 @@ impl Trigger {
 /// A destination whose platform audience a resync replaces in full.
 #[derive(Clone)]
 pub struct ReplaceTarget {
-    pub destination: Arc<dyn Destination>,
+    /// The destination as the engine runs it: its settings as last
+    /// reloaded, and the request rate the dispatcher shares.
+    pub destination: DestinationHandle,
     /// The platform audience id the config gives, if any.
     pub configured_id: Option<String>,
     /// The sync target's attribute mapping.
@@ -126,11 +133,12 @@ pub struct JobState {
     /// Enters, exits and the rest; in a dry run, what would change.
     #[serde(flatten)]
     pub diff: SnapshotDiff,
-    /// New people whose profiles were looked up, could not be, or were
-    /// beyond the lookup limit.
+    /// New people whose profiles were looked up, and who could not be
+    /// (the same as `lookups.found` and `lookups.not_looked_up`'s total).
     pub profiles_fetched: u64,
     pub profiles_failed: u64,
-    pub profiles_skipped: u64,
+    /// The profile lookups of new people, when a destination needs them.
+    pub lookups: LookupReport,
     /// Destinations whose platform audience is replaced after the snapshot.
     pub replace: Vec<String>,
     pub replaced: Vec<ReplaceProgress>,
@@ -157,7 +165,7 @@ impl JobState {
             diff: SnapshotDiff::default(),
             profiles_fetched: 0,
             profiles_failed: 0,
-            profiles_skipped: 0,
+            lookups: LookupReport::default(),
             replace: Vec::new(),
             replaced: Vec::new(),
             error: None,
@@ -176,6 +184,8 @@ pub(super) struct Run {
     pub enrich: bool,
     /// Destinations to replace in full once membership is applied.
     pub replace: Vec<ReplaceTarget>,
+    /// How looked-up phones without a country code are read.
+    pub phone_rules: crate::identity::PhoneRules,
 }
 
 impl Run {
@@ -201,12 +211,49 @@ impl Run {
             s.snapshot_at = snapshot.stamp_at;
         });
         tracing::info!(audience = %self.audience.name, job = %job_id, dry_run, "resync started");
-        let result = self.apply(&snapshot).await;
+        // Lookups run beside the pages, in their own task: the applier
+        // hands each page's new people over and goes on.
+        let (lookups, worker) = if self.enrich && !dry_run {
+            let (tx, rx) = tokio::sync::mpsc::channel(lookup::HANDOFF_QUEUE);
+            let worker = lookup::Worker {
+                client: self.client.clone(),
+                store: self.store.clone(),
+                wakers: self.wakers.clone(),
+                destinations: self.audience.destinations.clone(),
+                state: self.state.clone(),
+                at_ms: snapshot.stamp_at,
+                phone_rules: self.phone_rules,
+            };
+            (Some(tx), Some(tokio::spawn(worker.run(rx))))
+        } else {
+            (None, None)
+        };
+        let result = self.apply(&snapshot, lookups.as_ref()).await;
+        // Everyone new is handed over: the worker ends once they are done.
+        drop(lookups);
         let completed = result.is_ok();
         let cleanup = self.store.finish_snapshot(&snapshot, completed).await;
         let mut result = result.and(cleanup.map_err(|e| e.to_string()));
+        // The replace starts as soon as the membership is applied, not
+        // after the lookups: whoever is looked up after their batch was
+        // read is sent again through the normal path (mark_replaced).
         if result.is_ok() && !dry_run && !self.replace.is_empty() {
             result = self.replace_all().await;
+        }
+        if let Some(worker) = worker {
+            if !worker.is_finished() {
+                self.update(|s| {
+                    if matches!(s.phase, Phase::Fetching | Phase::Exits | Phase::Replacing) {
+                        s.phase = Phase::Enriching;
+                    }
+                });
+            }
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "the profile lookup worker stopped");
+            }
+            for d in &self.audience.destinations {
+                self.wakers.wake(d);
+            }
         }
         let now = now_ms();
         match result {
@@ -230,7 +277,11 @@ impl Run {
         }
     }
 
-    async fn apply(&self, snapshot: &SnapshotJob) -> Result<(), String> {
+    async fn apply(
+        &self,
+        snapshot: &SnapshotJob,
+        lookups: Option<&tokio::sync::mpsc::Sender<Vec<i64>>>,
+    ) -> Result<(), String> {
         let segment = self.audience.segment_id as u64;
         if let Ok(n) = self.client.customer_count(segment).await {
             self.update(|s| s.expected_members = Some(n));
@@ -265,12 +316,18 @@ impl Run {
                     Err(_) => skipped += 1,
                 }
             }
-            let diff = self
+            let mut diff = self
                 .store
                 .snapshot_members(snapshot, &identifiers)
                 .await
                 .map_err(|e| e.to_string())?;
             self.touched(&diff);
+            let new_people = std::mem::take(&mut diff.new_person_ids);
+            if let Some(tx) = lookups.filter(|_| !new_people.is_empty()) {
+                if tx.send(new_people).await.is_err() {
+                    tracing::error!(audience = %self.audience.name, "the profile lookup worker is gone");
+                }
+            }
             self.update(|s| {
                 s.pages_fetched += 1;
                 s.members_seen += identifiers.len() as u64;
@@ -287,76 +344,7 @@ impl Run {
             .map_err(|e| e.to_string())?;
         self.touched(&diff);
         self.update(|s| s.diff.add(diff, SAMPLE));
-        if self.enrich && !snapshot.dry_run {
-            self.fetch_profiles(snapshot).await;
-        }
         Ok(())
-    }
-
-    /// The membership listing carries id, cio_id and email only; people
-    /// first seen here get their phone and attributes from the App API
-    /// (within its rate limit), and destinations get the fuller record.
-    async fn fetch_profiles(&self, snapshot: &SnapshotJob) {
-        let (ids, total) = {
-            let s = self.state.lock().expect("job lock");
-            (s.diff.new_person_ids.clone(), s.diff.new_people)
-        };
-        self.update(|s| {
-            s.phase = Phase::Enriching;
-            s.profiles_skipped = total.saturating_sub(ids.len() as u64);
-        });
-        let mut consecutive_failures = 0;
-        for pid in ids {
-            let ok = self.fetch_profile(pid, snapshot.stamp_at).await;
-            self.update(|s| {
-                if ok {
-                    s.profiles_fetched += 1
-                } else {
-                    s.profiles_failed += 1
-                }
-            });
-            consecutive_failures = if ok { 0 } else { consecutive_failures + 1 };
-            if consecutive_failures >= 20 {
-                tracing::warn!(audience = %self.audience.name, "App API keeps failing; profile lookups stopped");
-                break;
-            }
-        }
-        for d in &self.audience.destinations {
-            self.wakers.wake(d);
-        }
-    }
-
-    async fn fetch_profile(&self, person_id: i64, at_ms: i64) -> bool {
-        let Ok(Some((key, is_cio))) = self.store.person_key(person_id).await else {
-            return false;
-        };
-        let id_type = if is_cio { IdType::CioId } else { IdType::Id };
-        let customer = match self.client.customer_attributes(&key, id_type).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return true, // deleted since: nothing to add
-            Err(e) => {
-                tracing::debug!(error = %e, "profile lookup failed");
-                return false;
-            }
-        };
-        let email = customer
-            .attribute("email")
-            .and_then(|e| Email::parse(&e).ok());
-        let phone = customer
-            .attribute("phone")
-            .and_then(|p| Phone::parse(&p).ok());
-        let attributes = customer
-            .attributes
-            .into_iter()
-            .filter(|(k, v)| {
-                !matches!(k.as_str(), "id" | "cio_id" | "email" | "phone")
-                    && (v.is_string() || v.is_number() || v.is_boolean())
-            })
-            .collect();
-        self.store
-            .enrich_person(person_id, email, phone, attributes, at_ms)
-            .await
-            .is_ok()
     }
 
     /// Replaces each destination asked for, one after the other, with
@@ -364,7 +352,7 @@ impl Run {
     async fn replace_all(&self) -> Result<(), String> {
         self.update(|s| s.phase = Phase::Replacing);
         for target in &self.replace {
-            let name = target.destination.name().to_owned();
+            let name = target.destination.current().name().to_owned();
             let result = self.replace_one(target).await;
             self.wakers.wake(&name);
             if let Err(e) = result {
@@ -379,7 +367,7 @@ impl Run {
     }
 
     async fn replace_one(&self, target: &ReplaceTarget) -> Result<(), String> {
-        let dest = &target.destination;
+        let dest = target.destination.current();
         let name = dest.name().to_owned();
         let audience = &self.audience;
         let index = {
@@ -429,13 +417,12 @@ impl Run {
         });
         let limits = dest.limits();
         let batch_size = limits.max_batch.clamp(1, REPLACE_BATCH);
-        let pace = if limits.requests_per_second.is_finite() && limits.requests_per_second > 0.0 {
-            Duration::from_secs_f64(1.0 / limits.requests_per_second)
-        } else {
-            Duration::from_secs(1)
+        let backoff = Backoff {
+            base: limits.base_backoff,
+            max: limits.max_backoff,
         };
         let mut members = MemberPages::new(self.store.clone(), audience.id, batch_size);
-        let mut current = members.next_batch(dest.as_ref()).await?;
+        let (mut current, mut read_at) = members.next_batch(dest.as_ref()).await?;
         self.progress(index, |p| p.unaddressable = members.unaddressable);
         if current.is_empty() {
             // Meta wants data in every request: with nobody to send, the
@@ -450,10 +437,9 @@ impl Run {
         let started_at = now_ms();
         tracing::info!(destination = %name, audience = %audience.name, session_id, estimated_total, "replace started");
         let mut batch_seq = 0u32;
-        let mut last_request: Option<Instant> = None;
         loop {
             // One page ahead, to know whether this batch is the last.
-            let next = match members.next_batch(dest.as_ref()).await {
+            let (next, next_read_at) = match members.next_batch(dest.as_ref()).await {
                 Ok(next) => next,
                 Err(e) if batch_seq == 0 => return Err(e),
                 Err(e) => return Err(self.abandon(&name, started_at, e).await),
@@ -469,10 +455,11 @@ impl Run {
             let mut attempt = 0;
             let outcome = loop {
                 attempt += 1;
-                if let Some(at) = last_request {
-                    tokio::time::sleep(pace.saturating_sub(at.elapsed())).await;
-                }
-                last_request = Some(Instant::now());
+                // The same request rate as the dispatcher's: the platform's
+                // quota does not care which path a request took.
+                target.destination.until_ready().await;
+                // The destination as of now: a SIGHUP may have rotated it.
+                let dest = target.destination.current();
                 let send_target = SendTarget {
                     audience,
                     platform_audience_id: &platform_id,
@@ -480,13 +467,9 @@ impl Run {
                 };
                 match dest.send_replace(&send_target, &session, &current).await {
                     SendOutcome::RetryLater { after, reason } if attempt < REPLACE_ATTEMPTS => {
-                        let backoff = limits
-                            .base_backoff
-                            .max(Duration::from_millis(1))
-                            .saturating_mul(1 << (attempt - 1).min(16));
                         let delay = after
-                            .unwrap_or(backoff)
-                            .min(limits.max_backoff.max(Duration::from_secs(1)));
+                            .unwrap_or_else(|| backoff.delay(attempt - 1))
+                            .min(limits.max_backoff);
                         tracing::warn!(destination = %name, batch_seq, attempt, retry_in_ms = delay.as_millis() as u64, %reason, "replace batch to be retried");
                         self.progress(index, |p| p.retries += 1);
                         tokio::time::sleep(delay).await;
@@ -518,7 +501,7 @@ impl Run {
                         .collect();
                     if let Err(e) = self
                         .store
-                        .mark_replaced(&name, audience.id, &ids, now_ms())
+                        .mark_replaced(&name, audience.id, &ids, read_at, now_ms())
                         .await
                     {
                         return Err(self.abandon(&name, started_at, e.to_string()).await);
@@ -545,6 +528,7 @@ impl Run {
                 break;
             }
             current = next;
+            read_at = next_read_at;
         }
         self.store
             .finish_replace(&name, audience.id, started_at, true)
@@ -586,7 +570,8 @@ struct MemberPages {
     batch: usize,
     after: i64,
     exhausted: bool,
-    buffer: VecDeque<PersonRecord>,
+    /// People read, each with when their page was read.
+    buffer: VecDeque<(PersonRecord, i64)>,
     unaddressable: u64,
 }
 
@@ -603,9 +588,14 @@ impl MemberPages {
         }
     }
 
-    /// The next batch (full unless it is the last); empty at the end.
-    async fn next_batch(&mut self, dest: &dyn Destination) -> Result<Vec<PersonRecord>, String> {
+    /// The next batch (full unless it is the last; empty at the end), and
+    /// when the oldest of its people was read, less [`READ_MARGIN_MS`].
+    async fn next_batch(
+        &mut self,
+        dest: &dyn Destination,
+    ) -> Result<(Vec<PersonRecord>, i64), String> {
         while !self.exhausted && self.buffer.len() < self.batch {
+            let read_at = now_ms() - READ_MARGIN_MS;
             let page = self
                 .store
                 .members_page(self.audience_id, self.after, self.batch)
@@ -617,13 +607,15 @@ impl MemberPages {
             }
             for person in page {
                 if dest.can_address(&person) {
-                    self.buffer.push_back(person);
+                    self.buffer.push_back((person, read_at));
                 } else {
                     self.unaddressable += 1;
                 }
             }
         }
         let n = self.batch.min(self.buffer.len());
-        Ok(self.buffer.drain(..n).collect())
+        let read_at = self.buffer.front().map_or_else(now_ms, |(_, at)| *at);
+        let batch = self.buffer.drain(..n).map(|(p, _)| p).collect();
+        Ok((batch, read_at))
     }
 }

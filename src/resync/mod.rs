@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod job;
+mod lookup;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,12 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use job::{JobState, Phase, ReplaceProgress, ReplaceTarget, Trigger};
+pub use lookup::{LookupReport, NotLookedUp, NotLookedUpReason, ReasonCounts, NOT_LOOKED_UP_IDS};
 
 use crate::audiences::Catalog;
 use crate::customerio::app_api::{AppApiClient, MAX_MEMBERSHIP_LIMIT};
 use crate::delivery::Wakers;
+use crate::identity::PhoneRules;
 use crate::store::{SnapshotDiff, Store};
 
 /// How many finished jobs stay visible in the API.
@@ -51,6 +54,8 @@ pub struct Resyncs {
     catalog: Catalog,
     wakers: Wakers,
     page_limit: u32,
+    /// How looked-up phones without a country code are read.
+    phone_rules: PhoneRules,
     /// Audiences with a destination that needs phones or attributes.
     needs_profiles: HashSet<String>,
     jobs: Mutex<Jobs>,
@@ -72,8 +77,10 @@ impl Resyncs {
         store: Arc<dyn Store>,
         catalog: Catalog,
         wakers: Wakers,
+        phone_rules: PhoneRules,
     ) -> Arc<Self> {
         Arc::new(Resyncs {
+            phone_rules,
             needs_profiles,
             client,
             store,
@@ -109,14 +116,15 @@ impl Resyncs {
         }
         let mut names: Vec<String> = Vec::new();
         for t in &replace {
-            let name = t.destination.name();
+            let destination = t.destination.current();
+            let name = destination.name();
             if !def.destinations.iter().any(|d| d == name) {
                 return Err(ResyncError::BadReplace(format!(
                     "{name:?} is not a destination of audience {:?}",
                     def.name
                 )));
             }
-            if !t.destination.supports_replace() {
+            if !destination.supports_replace() {
                 return Err(ResyncError::BadReplace(format!(
                     "destination {name:?} cannot replace an audience"
                 )));
@@ -151,6 +159,7 @@ impl Resyncs {
                 page_limit: this.page_limit,
                 enrich,
                 replace,
+                phone_rules: this.phone_rules,
             };
             run.execute().await;
             this.finished(&shared);

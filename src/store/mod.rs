@@ -4,6 +4,7 @@
 mod people;
 mod sqlite;
 mod sqlite_ingest;
+mod sqlite_lookup;
 mod sqlite_replace;
 mod sqlite_snapshot;
 
@@ -252,6 +253,37 @@ pub struct DeadLetterFilter {
     pub audience_id: Option<i64>,
 }
 
+/// A profile looked up in Customer.io for one person, validated.
+#[derive(Debug, Clone)]
+pub struct ProfileLookup {
+    pub person_id: i64,
+    pub email: Option<crate::identity::Email>,
+    pub phone: Option<crate::identity::Phone>,
+    pub attributes: Map<String, Value>,
+}
+
+/// What merging one looked-up profile did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enriched {
+    /// Email, phone or attributes changed: acknowledged destinations are
+    /// sent the person again.
+    Changed,
+    /// Nothing a destination is sent changed: nothing is re-sent.
+    Unchanged,
+    /// The person is no longer in the store.
+    Gone,
+}
+
+/// The keys Customer.io knows a person by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonKey {
+    pub person_id: i64,
+    pub customer_id: Option<String>,
+    pub cio_id: Option<String>,
+    /// Whether koala holds an email for them (not the email itself).
+    pub has_email: bool,
+}
+
 /// A resync applying one full segment snapshot taken at `stamp_at`.
 #[derive(Debug, Clone)]
 pub struct SnapshotJob {
@@ -265,9 +297,6 @@ pub struct SnapshotJob {
     pub sample_limit: usize,
 }
 
-/// New people whose profiles a resync may look up, at most.
-pub const MAX_NEW_PERSON_IDS: usize = 100_000;
-
 /// What (part of) a snapshot changed, or would change in a dry run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SnapshotDiff {
@@ -278,7 +307,8 @@ pub struct SnapshotDiff {
     pub stale: u64,
     /// People koala had never seen.
     pub new_people: u64,
-    /// Ids of the new people (bounded), for the profile lookup.
+    /// Ids of the new people of this part (one page at most): the resync
+    /// hands them to its profile lookup and never keeps them.
     #[serde(skip)]
     pub new_person_ids: Vec<i64>,
     pub sample_entered: Vec<String>,
@@ -292,9 +322,7 @@ impl SnapshotDiff {
         self.unchanged += other.unchanged;
         self.stale += other.stale;
         self.new_people += other.new_people;
-        let room = MAX_NEW_PERSON_IDS.saturating_sub(self.new_person_ids.len());
-        self.new_person_ids
-            .extend(other.new_person_ids.into_iter().take(room));
+        self.new_person_ids.extend(other.new_person_ids);
         for (mine, theirs) in [
             (&mut self.sample_entered, other.sample_entered),
             (&mut self.sample_exited, other.sample_exited),
@@ -359,20 +387,15 @@ pub trait Store: Send + Sync + 'static {
     /// "out" at the job's stamp.
     async fn snapshot_exits(&self, job: &SnapshotJob) -> Result<SnapshotDiff>;
 
-    /// Merges a profile looked up in Customer.io (phone, attributes) into
-    /// a person, as of `at_ms`; destinations that already acknowledged the
-    /// person are sent the fuller record again.
-    async fn enrich_person(
-        &self,
-        person_id: i64,
-        email: Option<crate::identity::Email>,
-        phone: Option<crate::identity::Phone>,
-        attributes: Map<String, Value>,
-        at_ms: i64,
-    ) -> Result<()>;
+    /// Merges profiles looked up in Customer.io (email, phone, attributes)
+    /// into their people, as of `at_ms`, in one transaction. Only a person
+    /// whose email, phone or attributes the lookup changed is sent again
+    /// to destinations that already acknowledged them; one never sent
+    /// goes out once, with the fuller record. One outcome per lookup.
+    async fn enrich_people(&self, lookups: &[ProfileLookup], at_ms: i64) -> Result<Vec<Enriched>>;
 
-    /// The Customer.io id (or cio_id, prefixed `cio_`) of a person.
-    async fn person_key(&self, person_id: i64) -> Result<Option<(String, bool)>>;
+    /// The Customer.io id and cio_id of each person (unknown ids left out).
+    async fn person_keys(&self, person_ids: &[i64]) -> Result<Vec<PersonKey>>;
 
     /// Drops the job's scratch rows; a completed, real snapshot also
     /// records its time as the audience's snapshot floor.
@@ -391,12 +414,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// One replace batch was accepted: the destination holds these people
     /// (acknowledged in; a row is created for a member that had none). They
-    /// are remembered until [`Store::finish_replace`].
+    /// are remembered until [`Store::finish_replace`]. A person whose
+    /// record changed at or after `read_at_ms` (when the batch was read,
+    /// e.g. a profile lookup landing meanwhile) was sent without the
+    /// change, so their row stays pending for the normal path.
     async fn mark_replaced(
         &self,
         destination: &str,
         audience_id: i64,
         sent_person_ids: &[i64],
+        read_at_ms: i64,
         now_ms: i64,
     ) -> Result<()>;
 

@@ -257,9 +257,69 @@ fn merge_identifier(
     }
 }
 
+/// Whether a profile lookup changed what destinations are sent of a
+/// person: their email, phone or attributes. Only then are destinations
+/// that already acknowledged the person sent them again. Why: a lookup of
+/// someone koala already holds in full (a second resync, an id looked up
+/// twice) would otherwise cost one needless destination call per person,
+/// thousands per resync. Ids and timestamps are not sent as such, so a
+/// change to them alone (profile_at moving) does not count.
+pub(crate) fn lookup_changed_record(before: &PersonRow, after: &PersonRow) -> bool {
+    before.email != after.email
+        || before.phone != after.phone
+        || before.attributes != after.attributes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(email: Option<&str>, phone: Option<&str>, plan: Option<&str>) -> PersonRow {
+        let mut attributes = Map::new();
+        if let Some(p) = plan {
+            attributes.insert("plan".into(), p.into());
+        }
+        PersonRow {
+            person_id: 1,
+            customer_id: Some("u1".into()),
+            email: email.map(Into::into),
+            phone: phone.map(Into::into),
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lookup_that_adds_or_changes_email_phone_or_attributes_changed_the_record() {
+        let base = row(Some("a@example.com"), None, None);
+        assert!(lookup_changed_record(
+            &base,
+            &row(Some("a@example.com"), Some("+14155550100"), None)
+        ));
+        assert!(lookup_changed_record(
+            &base,
+            &row(Some("b@example.com"), None, None)
+        ));
+        assert!(lookup_changed_record(
+            &base,
+            &row(Some("a@example.com"), None, Some("gold"))
+        ));
+        let with_plan = row(Some("a@example.com"), None, Some("basic"));
+        assert!(lookup_changed_record(
+            &with_plan,
+            &row(Some("a@example.com"), None, Some("gold"))
+        ));
+    }
+
+    #[test]
+    fn a_lookup_that_finds_what_koala_holds_changed_nothing() {
+        let held = row(Some("a@example.com"), Some("+14155550100"), Some("gold"));
+        let mut same = held.clone();
+        // Only the profile time moved, and the row was rewritten.
+        same.profile_at = 99;
+        same.dirty = true;
+        assert!(!lookup_changed_record(&held, &same));
+    }
 
     fn ids(id: Option<&str>, cio: Option<&str>, email: Option<&str>) -> Identifiers {
         Identifiers::new(id, cio, email, None).unwrap()

@@ -8,7 +8,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde_json::{Map, Value};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 
@@ -16,6 +15,9 @@ use super::*;
 use crate::identity::{IdentifierKind, Unusable, UnusableReason};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Each reader's page cache (negative: KiB), against the writer's 64 MiB.
+const READER_CACHE_KIB: &str = "-8192";
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -45,9 +47,17 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
+        // Readers scan (a replace's members, stats, lookups' keys) while
+        // the writer changes the file, and every change empties their
+        // caches: a big cache per reader buys little and holds up to
+        // 64 MiB of memory each. The OS page cache serves the rest.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(
+                options
+                    .read_only(true)
+                    .pragma("cache_size", READER_CACHE_KIB),
+            )
             .await?;
         Ok(SqliteStore { writer, reader })
     }
@@ -392,57 +402,13 @@ impl Store for SqliteStore {
         super::sqlite_snapshot::exits(&self.writer, job).await
     }
 
-    async fn enrich_person(
-        &self,
-        person_id: i64,
-        email: Option<crate::identity::Email>,
-        phone: Option<crate::identity::Phone>,
-        attributes: Map<String, Value>,
-        at_ms: i64,
-    ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query("SELECT customer_id, cio_id FROM people WHERE person_id = $1")
-            .bind(person_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else { return Ok(()) };
-        let ids = Identifiers {
-            id: row.get(0),
-            cio_id: row.get(1),
-            email,
-            phone,
-            unusable: Vec::new(),
-        };
-        if ids.id.is_none() && ids.cio_id.is_none() {
-            return Ok(());
-        }
-        let mut people = super::sqlite_ingest::load_people(&mut tx, &[&ids]).await?;
-        people.merge(&ids, Some(&attributes), at_ms);
-        super::sqlite_ingest::flush_people(&mut tx, &people, now_ms()).await?;
-        // Already delivered with fewer identifiers: deliver again.
-        sqlx::query(
-            "UPDATE sync_state SET acked = NULL, pending = TRUE, next_attempt_at = 0
-             WHERE person_id = $1 AND desired AND acked AND dead_reason IS NULL",
-        )
-        .bind(person_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+    async fn enrich_people(&self, lookups: &[ProfileLookup], at_ms: i64) -> Result<Vec<Enriched>> {
+        let mut conn = self.writer.acquire().await?;
+        super::sqlite_lookup::enrich(&mut conn, lookups, at_ms).await
     }
 
-    async fn person_key(&self, person_id: i64) -> Result<Option<(String, bool)>> {
-        Ok(
-            sqlx::query("SELECT customer_id, cio_id FROM people WHERE person_id = $1")
-                .bind(person_id)
-                .fetch_optional(&self.reader)
-                .await?
-                .and_then(|r| {
-                    let id: Option<String> = r.get(0);
-                    let cio: Option<String> = r.get(1);
-                    id.map(|i| (i, false)).or(cio.map(|c| (c, true)))
-                }),
-        )
+    async fn person_keys(&self, person_ids: &[i64]) -> Result<Vec<PersonKey>> {
+        super::sqlite_lookup::person_keys(&self.reader, person_ids).await
     }
 
     async fn finish_snapshot(&self, job: &SnapshotJob, completed: bool) -> Result<()> {
@@ -464,6 +430,7 @@ impl Store for SqliteStore {
         destination: &str,
         audience_id: i64,
         sent_person_ids: &[i64],
+        read_at_ms: i64,
         now_ms: i64,
     ) -> Result<()> {
         super::sqlite_replace::mark(
@@ -471,6 +438,7 @@ impl Store for SqliteStore {
             destination,
             audience_id,
             sent_person_ids,
+            read_at_ms,
             now_ms,
         )
         .await
@@ -587,14 +555,25 @@ impl Store for SqliteStore {
         if sync_ids.is_empty() {
             return Ok(());
         }
+        // A row whose version moved while it was in flight (its person's
+        // record changed, e.g. a profile lookup landed) was sent the old
+        // record: acknowledged as sent, and still pending for the new one.
+        let versions: std::collections::HashMap<i64, i64> =
+            batch.items.iter().map(|i| (i.sync_id, i.version)).collect();
+        let claimed: Vec<(i64, Option<i64>)> = sync_ids
+            .iter()
+            .map(|id| (*id, versions.get(id).copied()))
+            .collect();
         sqlx::query(
             "UPDATE sync_state SET acked = $1, acked_at = $2, lease_until = 0, attempts = 0,
-                    last_error = NULL, next_attempt_at = 0, pending = (desired <> $1), unmatched = $4
-             WHERE sync_id IN (SELECT value FROM json_each($3))",
+                    last_error = NULL, next_attempt_at = 0, unmatched = $4,
+                    pending = (desired <> $1)
+                              OR version <> COALESCE(json_extract(j.value, '$[1]'), version)
+             FROM json_each($3) AS j WHERE sync_state.sync_id = json_extract(j.value, '$[0]')",
         )
         .bind(batch.op.desired())
         .bind(now_ms)
-        .bind(ids_json(sync_ids))
+        .bind(serde_json::to_string(&claimed).expect("ids serialize"))
         .bind(!sent && batch.op.desired())
         .execute(&self.writer)
         .await?;

@@ -37,12 +37,16 @@ pub(super) async fn members_page(
 
 /// A replace batch was accepted: its people are acknowledged in. A row
 /// whose desired state is out (the person left after being read) stays
-/// pending, so the normal path removes them again.
+/// pending, so the normal path removes them again; so does the row of a
+/// person whose record changed since the batch was read at `read_at_ms`
+/// (a profile lookup that landed meanwhile): the destination holds them,
+/// without the change, which the normal path then sends once.
 pub(super) async fn mark(
     writer: &SqlitePool,
     destination: &str,
     audience_id: i64,
     person_ids: &[i64],
+    read_at_ms: i64,
     now_ms: i64,
 ) -> Result<()> {
     if person_ids.is_empty() {
@@ -53,10 +57,12 @@ pub(super) async fn mark(
     sqlx::query(
         "INSERT INTO sync_state (destination, audience_id, person_id, desired, desired_at, desired_received_at,
                                  acked, acked_at, pending)
-         SELECT $1, $2, value, TRUE, $3, $3, TRUE, $3, FALSE FROM json_each($4) WHERE TRUE
+         SELECT $1, $2, j.value, TRUE, $3, $3, TRUE, $3,
+                EXISTS (SELECT 1 FROM people p WHERE p.person_id = j.value AND p.updated_at >= $5)
+         FROM json_each($4) AS j WHERE TRUE
          ON CONFLICT (destination, audience_id, person_id) DO UPDATE SET
            acked = TRUE, acked_at = excluded.acked_at,
-           pending = (sync_state.desired <> TRUE),
+           pending = (sync_state.desired <> TRUE) OR excluded.pending,
            next_attempt_at = 0, attempts = 0, last_error = NULL,
            dead_reason = NULL, dead_at = NULL",
     )
@@ -64,6 +70,7 @@ pub(super) async fn mark(
     .bind(audience_id)
     .bind(now_ms)
     .bind(&ids)
+    .bind(read_at_ms)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -242,8 +249,8 @@ mod tests {
         sync_row(w, 3, false, Some(true), Some(10)).await; // remove pending
         sync_row(w, 5, false, Some(false), Some(10)).await;
         // 4 has no row yet. 6 is added by the normal path during the replace.
-        s.mark_replaced("meta", 1, &[1, 2], 200).await.unwrap();
-        s.mark_replaced("meta", 1, &[4], 210).await.unwrap();
+        s.mark_replaced("meta", 1, &[1, 2], 200, 200).await.unwrap();
+        s.mark_replaced("meta", 1, &[4], 210, 210).await.unwrap();
         sync_row(w, 6, true, Some(true), Some(220)).await;
         s.finish_replace("meta", 1, 100, true).await.unwrap();
         assert_eq!(
@@ -266,13 +273,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_person_changed_after_their_batch_was_read_stays_pending() {
+        let f = store(&[1, 2, 3]).await;
+        let (s, w) = (&f.store, &f.db);
+        sync_row(w, 1, true, None, None).await;
+        sync_row(w, 2, true, None, None).await;
+        // 3 has no row yet. The batch is read at 150; a lookup then
+        // changes 2 and 3 (updated_at 160) before the batch is accepted.
+        sqlx::query("UPDATE people SET updated_at = 160 WHERE person_id IN (2, 3)")
+            .execute(w)
+            .await
+            .unwrap();
+        s.mark_replaced("meta", 1, &[1, 2, 3], 150, 200)
+            .await
+            .unwrap();
+        s.finish_replace("meta", 1, 100, true).await.unwrap();
+        assert_eq!(
+            states(w).await,
+            [
+                (1, Some(true), false),
+                (2, Some(true), true),
+                (3, Some(true), true)
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_failed_replace_forgets_every_acknowledgement() {
         let f = store(&[1, 2]).await;
         let (s, w) = (&f.store, &f.db);
         sync_row(w, 1, true, Some(true), Some(10)).await;
         sync_row(w, 2, true, None, None).await;
         sync_row(w, 3, false, Some(false), Some(10)).await;
-        s.mark_replaced("meta", 1, &[1], 200).await.unwrap();
+        s.mark_replaced("meta", 1, &[1], 200, 200).await.unwrap();
         s.finish_replace("meta", 1, 100, false).await.unwrap();
         assert_eq!(
             states(w).await,
@@ -284,9 +317,9 @@ mod tests {
     async fn a_mark_left_by_an_unfinished_replace_does_not_count() {
         let f = store(&[1, 2]).await;
         let (s, w) = (&f.store, &f.db);
-        s.mark_replaced("meta", 1, &[1, 2], 50).await.unwrap();
+        s.mark_replaced("meta", 1, &[1, 2], 50, 50).await.unwrap();
         // A new replace starting at 100 sends only person 2.
-        s.mark_replaced("meta", 1, &[2], 200).await.unwrap();
+        s.mark_replaced("meta", 1, &[2], 200, 200).await.unwrap();
         s.finish_replace("meta", 1, 100, true).await.unwrap();
         assert_eq!(
             states(w).await,

@@ -368,3 +368,116 @@ async fn the_fake_enforces_the_documented_limit_bounds() {
     assert_eq!(body["ids"].as_array().unwrap().len(), 500);
     assert_eq!(body["next"], "");
 }
+
+#[tokio::test]
+async fn the_fake_holds_the_bulk_lookup_to_its_contract() {
+    let fake = FakeAppApi::start().await;
+    fake.set_segment(
+        7,
+        "vip",
+        vec![
+            FakeMember::id("1")
+                .with_email("a@example.com")
+                .with_cio_id("c1"),
+            FakeMember::id("2").with_phone("+14155550102"),
+        ],
+    );
+    fake.set_rate_limit(None);
+    let http = reqwest::Client::new();
+    let url = |q: &str| format!("{}/v1/customers/attributes{q}", fake.base_url());
+    let post = |q: &str, body: serde_json::Value, key: &str| {
+        http.post(url(q)).bearer_auth(key).json(&body).send()
+    };
+    let ids =
+        |n: usize| serde_json::json!({ "ids": (0..n).map(|i| i.to_string()).collect::<Vec<_>>() });
+    let k = FAKE_APP_API_KEY;
+    assert_eq!(
+        post("?id_type=id", ids(1), "wrong").await.unwrap().status(),
+        401
+    );
+    assert_eq!(post("", ids(1), k).await.unwrap().status(), 400);
+    assert_eq!(
+        post("?id_type=nope", ids(1), k).await.unwrap().status(),
+        400
+    );
+    assert_eq!(post("?id_type=id", ids(0), k).await.unwrap().status(), 400);
+    assert_eq!(
+        post("?id_type=id", ids(101), k).await.unwrap().status(),
+        400
+    );
+    assert_eq!(
+        post("?id_type=id", ids(100), k).await.unwrap().status(),
+        200
+    );
+    let not_json = http
+        .post(url("?id_type=id"))
+        .bearer_auth(k)
+        .body("ids=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_json.status(), 400);
+    // Unknown ids are left out; each entry is wrapped like the single lookup.
+    let body: serde_json::Value = post(
+        "?id_type=id",
+        serde_json::json!({"ids": ["1", "nobody", "2"]}),
+        k,
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let customers = body["customers"].as_array().unwrap();
+    assert_eq!(customers.len(), 2, "{body}");
+    assert_eq!(
+        customers[0]["customer"]["attributes"]["email"],
+        "a@example.com"
+    );
+    assert_eq!(
+        customers[1]["customer"]["attributes"]["phone"],
+        "+14155550102"
+    );
+    let by_cio: serde_json::Value = post("?id_type=cio_id", serde_json::json!({"ids": ["c1"]}), k)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_cio["customers"][0]["customer"]["id"], "1");
+    // Answered ones are counted (the refused ones are not).
+    assert_eq!(fake.bulk_lookups().len(), 3);
+    assert_eq!(fake.single_lookups(), 0);
+    // The 10-per-second window is shared with every other endpoint.
+    fake.set_rate_limit(Some(FAKE_RATE_LIMIT));
+    for _ in 0..FAKE_RATE_LIMIT {
+        http.get(format!("{}/v1/segments", fake.base_url()))
+            .bearer_auth(k)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(post("?id_type=id", ids(1), k).await.unwrap().status(), 429);
+}
+
+#[tokio::test]
+async fn the_client_looks_up_a_hundred_people_in_one_request() {
+    let fake = FakeAppApi::start().await;
+    fake.set_generated_segment_with_phones(7, 150, "g");
+    let c = client(&fake);
+    let mut ids: Vec<String> = (0..99).map(|i| format!("g{i}")).collect();
+    ids.push("nobody".into());
+    let found = c.customers_attributes(&ids, IdType::Id).await.unwrap();
+    assert_eq!(found.len(), 99);
+    assert_eq!(found[5].key(IdType::Id).as_deref(), Some("g5"));
+    assert_eq!(found[5].attribute("phone").as_deref(), Some("+14150000005"));
+    // 429s and 5xx are retried by the client's one policy.
+    fake.fail_next(2, 503);
+    let again = c
+        .customers_attributes(&["gc3".to_owned()], IdType::CioId)
+        .await
+        .unwrap();
+    assert_eq!(again[0].key(IdType::Id).as_deref(), Some("g3"));
+    assert_eq!(fake.request_count(), 4);
+    assert_eq!(fake.bulk_lookups().len(), 2);
+}

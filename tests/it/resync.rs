@@ -705,3 +705,231 @@ async fn the_fake_meta_holds_replace_sessions_to_their_contract() {
     assert_eq!(meta.members(AUD), set(&["a", "b"]));
     assert_eq!(meta.open_sessions(), 0);
 }
+
+// ---- profile lookups in bulk (Meta's default identifiers need the phone) ----
+
+/// For each time Meta was sent `extern_id` through `/users` (not a
+/// replace): whether that row carried a phone.
+fn users_sends(meta: &FakeMeta, extern_id: &str) -> Vec<bool> {
+    let mut sends = Vec::new();
+    for r in meta.successful_requests() {
+        if r.replace || r.method != "POST" {
+            continue;
+        }
+        let id = r.schema.iter().position(|c| c == "EXTERN_ID");
+        let phone = r.schema.iter().position(|c| c == "PHONE");
+        for row in &r.rows {
+            if id.is_some_and(|c| row[c] == extern_id) {
+                sends.push(phone.is_some_and(|c| !row[c].is_empty()));
+            }
+        }
+    }
+    sends
+}
+
+/// People with a phone in Meta's `/users` rows so far.
+fn with_phone_at_meta(meta: &FakeMeta) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for r in meta.successful_requests() {
+        let (Some(id), Some(phone)) = (
+            r.schema.iter().position(|c| c == "EXTERN_ID"),
+            r.schema.iter().position(|c| c == "PHONE"),
+        ) else {
+            continue;
+        };
+        for row in r.rows.iter().filter(|row| !row[phone].is_empty()) {
+            out.insert(row[id].clone());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_first_resync_looks_new_people_up_a_hundred_per_bulk_request() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let app = TestApp::start_with(&config(&api, &meta, 1000, "phone")).await;
+    api.set_generated_segment_with_phones(CART_SEGMENT as u64, 250, "g");
+    let job = resync(&app, "").await;
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    assert_eq!(done["new_people"], 250);
+    let lookups = &done["lookups"];
+    assert_eq!(lookups["queued"], 250, "{done}");
+    assert_eq!(lookups["found"], 250, "{done}");
+    assert_eq!(lookups["requests"], 3, "{done}");
+    assert_eq!(lookups["waiting"], 0, "{done}");
+    assert_eq!(done["profiles_fetched"], 250);
+    assert_eq!(done["profiles_failed"], 0);
+    assert!(done.get("profiles_skipped").is_none(), "{done}");
+    // ceil(250 / 100) bulk requests, and not one single lookup.
+    let bulk = api.bulk_lookups();
+    assert_eq!(bulk.len(), 3, "{bulk:?}");
+    assert!(bulk.iter().all(|(t, n)| t == "id" && *n <= 100), "{bulk:?}");
+    assert_eq!(bulk.iter().map(|(_, n)| n).sum::<usize>(), 250);
+    assert_eq!(api.single_lookups(), 0);
+    assert!(api.max_rate_observed() <= FAKE_RATE_LIMIT);
+    let (_, p) = app.admin_get("/v1/people/g249").await;
+    assert_eq!(p["identifiers"]["phone"], "+*******0249", "{p}");
+    until("every phone at Meta", LONG, || async {
+        with_phone_at_meta(&meta).len() == 250
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_looked_up_person_is_sent_again_only_when_the_lookup_changed_them() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let app = TestApp::start_with(&config(&api, &meta, 1000, "phone")).await;
+    // The lookups answer after Meta was sent the listing's identifiers.
+    api.set_bulk_delay(Duration::from_millis(700));
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("same"), member("more").with_phone("+14155550100")],
+    );
+    let job = resync(&app, "").await;
+    until("both sent to Meta once", LONG, || async {
+        users_sends(&meta, "same").len() == 1 && !users_sends(&meta, "more").is_empty()
+    })
+    .await;
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    assert_eq!(done["lookups"]["found"], 2, "{done}");
+    assert_eq!(done["lookups"]["changed"], 1, "{done}");
+    until("more sent again with the phone", LONG, || async {
+        users_sends(&meta, "more") == [false, true]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing changed for "same": no second call. "more": exactly once more.
+    assert_eq!(users_sends(&meta, "same"), [false]);
+    assert_eq!(users_sends(&meta, "more"), [false, true]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn people_known_by_cio_id_only_go_in_their_own_batch_and_the_unknown_are_reported() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let app = TestApp::start_with(&config(&api, &meta, 1000, "phone")).await;
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![
+            member("u1").with_phone("+14155550101"),
+            member("ghost"),
+            FakeMember::email("c@example.com")
+                .with_cio_id("c9")
+                .with_phone("+14155550109"),
+        ],
+    );
+    // Listed in the segment, unknown to the lookup (deleted meanwhile).
+    api.hide_from_lookups("ghost");
+    let job = resync(&app, "").await;
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    let mut bulk = api.bulk_lookups();
+    bulk.sort();
+    assert_eq!(bulk, [("cio_id".to_owned(), 1), ("id".to_owned(), 2)]);
+    let l = &done["lookups"];
+    assert_eq!(l["found"], 2, "{done}");
+    assert_eq!(l["not_looked_up"]["not_found"], 1, "{done}");
+    assert_eq!(
+        l["not_looked_up_ids"],
+        json!([{"id": "ghost", "reason": "not_found"}])
+    );
+    assert_eq!(done["profiles_failed"], 1);
+    let (_, c) = app.admin_get("/v1/people/c@example.com").await;
+    assert_eq!(c["identifiers"]["phone"], "+*******0109", "{c}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failed_lookups_are_reported_by_reason_and_nobody_is_skipped_silently() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let app = TestApp::start_with(&config(&api, &meta, 1000, "phone")).await;
+    api.set_generated_segment_with_phones(CART_SEGMENT as u64, 650, "g");
+    // Five bulk requests refused in a row: the worker stops asking.
+    api.fail_bulk_next(5, 400);
+    let job = resync(&app, "").await;
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    // Membership is applied whatever the lookups did.
+    assert_eq!(done["phase"], "done", "{done}");
+    assert_eq!(app.members(CART).await, 650);
+    let l = &done["lookups"];
+    assert_eq!(l["requests"], 5, "{done}");
+    assert_eq!(l["found"], 0);
+    assert_eq!(l["not_looked_up"]["lookup_failed"], 500, "{done}");
+    assert_eq!(l["not_looked_up"]["gave_up"], 150, "{done}");
+    assert_eq!(done["profiles_failed"], 650);
+    let ids = l["not_looked_up_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 100);
+    assert_eq!(ids[0], json!({"id": "g0", "reason": "lookup_failed"}));
+    assert_eq!(l["not_looked_up_ids_left_off"], 550);
+    // Ids only: no email or phone in clear in the report.
+    let text = done.to_string();
+    assert!(
+        !text.contains("g0@example.com") && !text.contains("+1415"),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_replace_does_not_wait_for_pending_lookups_and_phones_follow_once() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    meta.set_members(AUD, &["x1"]);
+    // Meta's default identifiers (with the phone), and lookups slower
+    // than the whole replace.
+    let cfg = base_config(&cio(&api, 1000))
+        + &meta.destination_toml("meta", "")
+        + &cart_audience(
+            &format!(r#"{{ destination = "meta", audience_id = "{AUD}" }}"#),
+            "mirror",
+        );
+    let app = TestApp::start_with(&cfg).await;
+    api.set_bulk_delay(Duration::from_millis(1500));
+    api.set_generated_segment_with_phones(CART_SEGMENT as u64, 150, "g");
+    let job = resync(&app, "?replace=meta").await;
+    let path = format!("/v1/resyncs/{}", job["id"].as_str().unwrap());
+    let replaced = {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, j) = app.admin_get(&path).await;
+            if j["replaced"][0]["done"] == true {
+                break j;
+            }
+            assert!(started.elapsed() < LONG, "replace did not finish: {j}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // The replace went through while lookups were still outstanding.
+    assert!(
+        replaced["lookups"]["found"].as_u64().unwrap() < 150,
+        "{replaced}"
+    );
+    assert_eq!(replaced["replaced"][0]["rows"], 150, "{replaced}");
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    assert_eq!(done["lookups"]["found"], 150, "{done}");
+    let all: BTreeSet<String> = (0..150).map(|i| format!("g{i}")).collect();
+    assert_eq!(meta.members(AUD), all);
+    // Phones looked up after their replace batch was read reach Meta
+    // through the normal path, once each.
+    until("every phone at Meta", LONG, || async {
+        with_phone_at_meta(&meta) == all
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in [0, 77, 149] {
+        let id = format!("g{i}");
+        let with_phone = users_sends(&meta, &id).iter().filter(|p| **p).count();
+        assert_eq!(with_phone, 1, "{id}: {:?}", users_sends(&meta, &id));
+    }
+    app.stop().await;
+}

@@ -19,7 +19,7 @@ use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use futures::Stream;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 use url::Url;
 
@@ -27,7 +27,8 @@ use crate::config::{Config, Secret};
 
 pub use error::AppApiError;
 pub use model::{
-    parse_membership_page, Customer, IdType, Member, MembershipPage, Segment, MAX_MEMBERSHIP_LIMIT,
+    bare_cio_id, parse_customers, parse_membership_page, Customer, IdType, Member, MembershipPage,
+    Segment, MAX_BULK_LOOKUP, MAX_MEMBERSHIP_LIMIT,
 };
 
 use error::is_retryable_status;
@@ -245,6 +246,44 @@ impl AppApiClient {
         }
     }
 
+    /// `POST /v1/customers/attributes?id_type=…` with `{"ids": [...]}`: the
+    /// attributes of up to [`MAX_BULK_LOOKUP`] people known by ids of one
+    /// type. Ids Customer.io does not know are left out of the answer
+    /// (no error), so callers match what comes back to what they asked.
+    /// <https://docs.customer.io/integrations/api/app/tag/customers/getPeopleById/>
+    pub async fn customers_attributes(
+        &self,
+        ids: &[String],
+        id_type: IdType,
+    ) -> Result<Vec<Customer>, AppApiError> {
+        // The endpoint answers 400 to an empty list or one over 100, and
+        // a blank id can name nobody: refuse before spending a request.
+        if ids.is_empty() || ids.len() > MAX_BULK_LOOKUP {
+            return Err(AppApiError::InvalidIdentifier(
+                "a bulk lookup takes 1 to 100 ids",
+            ));
+        }
+        if ids.iter().any(|id| id.trim().is_empty()) {
+            return Err(AppApiError::InvalidIdentifier(
+                "a customer id must not be blank",
+            ));
+        }
+        let url = self.url(
+            &["customers", "attributes"],
+            &[("id_type", id_type.as_str())],
+        );
+        let body = serde_json::to_vec(&serde_json::json!({ "ids": ids }))
+            .expect("a list of strings serializes");
+        let endpoint = "customers_attributes";
+        let answer = self
+            .call(endpoint, "customers", url, Some(Bytes::from(body)))
+            .await?;
+        model::parse_customers(&answer).map_err(|e| AppApiError::Decode {
+            endpoint,
+            message: e.to_string(),
+        })
+    }
+
     fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
         build_url(&self.inner.base, segments, query)
     }
@@ -269,13 +308,26 @@ impl AppApiClient {
         what: &str,
         url: Url,
     ) -> Result<Bytes, AppApiError> {
+        self.call(endpoint, what, url, None).await
+    }
+
+    /// A request with rate limiting and retries: a GET, or a POST of
+    /// `json` when given. Every App API call goes through here, so all of
+    /// them share the one limiter and the one retry policy.
+    async fn call(
+        &self,
+        endpoint: &'static str,
+        what: &str,
+        url: Url,
+        json: Option<Bytes>,
+    ) -> Result<Bytes, AppApiError> {
         let policy = &self.retry;
         let backoff = ExponentialBuilder::default()
             .with_jitter()
             .with_min_delay(policy.min_delay)
             .with_max_delay(policy.max_delay)
             .with_max_times(policy.max_attempts.saturating_sub(1));
-        (|| self.attempt(endpoint, what, &url))
+        (|| self.attempt(endpoint, what, &url, json.as_ref()))
             .retry(backoff)
             .when(|f: &Failure| f.retryable)
             // backon's jitter can double a delay; max_delay stays the cap.
@@ -298,10 +350,11 @@ impl AppApiClient {
         endpoint: &'static str,
         what: &str,
         url: &Url,
+        json: Option<&Bytes>,
     ) -> Result<Bytes, Failure> {
         self.inner.limiter.until_ready().await;
         let started = Instant::now();
-        let result = self.send(endpoint, what, url).await;
+        let result = self.send(endpoint, what, url, json).await;
         let status = match &result {
             Ok((status, _)) => status.to_string(),
             Err(f) => f
@@ -321,6 +374,7 @@ impl AppApiClient {
         endpoint: &'static str,
         what: &str,
         url: &Url,
+        json: Option<&Bytes>,
     ) -> Result<(u16, Bytes), Failure> {
         let transport = |e: reqwest::Error| Failure {
             // The URL can hold a customer's email; the error must not.
@@ -331,13 +385,16 @@ impl AppApiClient {
             retryable: true,
             retry_after: None,
         };
-        let resp = self
-            .inner
-            .http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(transport)?;
+        let request = match json {
+            None => self.inner.http.get(url.clone()),
+            Some(body) => self
+                .inner
+                .http
+                .post(url.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone()),
+        };
+        let resp = request.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         if resp.status().is_success() {
             return resp.bytes().await.map(|b| (status, b)).map_err(transport);
@@ -554,6 +611,16 @@ mod tests {
                 matches!(e, AppApiError::InvalidIdentifier(_)),
                 "{id:?}: {e}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn bulk_lookups_outside_1_to_100_ids_are_refused_before_sending() {
+        let c = AppApiClient::new("http://127.0.0.1:9", Secret::new("k"), 10).unwrap();
+        let many: Vec<String> = (0..101).map(|i| i.to_string()).collect();
+        for ids in [&[][..], &many[..], &["1".to_owned(), " ".to_owned()][..]] {
+            let e = c.customers_attributes(ids, IdType::Id).await.unwrap_err();
+            assert!(matches!(e, AppApiError::InvalidIdentifier(_)), "{e}");
         }
     }
 

@@ -10,6 +10,9 @@ use crate::identity::{IdentifierError, Identifiers};
 /// Largest `limit` the membership endpoint accepts.
 pub const MAX_MEMBERSHIP_LIMIT: u32 = 30_000;
 
+/// Most ids in one `POST /v1/customers/attributes` (the endpoint's 1…100).
+pub const MAX_BULK_LOOKUP: usize = 100;
+
 /// A segment as `GET /v1/segments` and `GET /v1/segments/{id}` describe it.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Segment {
@@ -190,6 +193,64 @@ pub(crate) struct CustomerEnvelope {
     pub customer: Customer,
 }
 
+impl Customer {
+    /// The value of this person's identifier of `id_type`, as a bulk
+    /// lookup was asked for it, so an answer can be matched to its
+    /// request (the endpoint omits unknown ids and promises no order).
+    /// cio_id is compared without a `cio_` prefix; email in lower case.
+    pub fn key(&self, id_type: IdType) -> Option<String> {
+        match id_type {
+            IdType::Id => self.attribute("id").or_else(|| self.id.clone()),
+            IdType::CioId => self.attribute("cio_id").map(|c| bare_cio_id(&c).to_owned()),
+            IdType::Email => self.attribute("email").map(|e| e.trim().to_lowercase()),
+            IdType::Phone => self.attribute("phone"),
+        }
+    }
+}
+
+/// A cio_id without the `cio_` prefix some places write it with.
+pub fn bare_cio_id(s: &str) -> &str {
+    s.strip_prefix("cio_").unwrap_or(s)
+}
+
+/// Why a bulk lookup answer could not be read. Fixed texts: the body holds
+/// emails and phones, which must not reach an error message.
+#[derive(Debug, thiserror::Error)]
+pub enum CustomersDecodeError {
+    #[error("the body is not JSON")]
+    NotJson,
+    #[error("`customers` is missing or not a list")]
+    NoList,
+    #[error("entry {0} of `customers` is not a customer")]
+    BadEntry(usize),
+}
+
+/// Reads `POST /v1/customers/attributes`: `{"customers": [...]}`, each
+/// entry shaped like the single lookup's answer, `{"customer": {...}}`
+/// (as documented), or the customer object itself (accepted in case an
+/// account answers without the wrapper). `"customers": null` is none.
+pub fn parse_customers(body: &[u8]) -> Result<Vec<Customer>, CustomersDecodeError> {
+    let raw: Value = serde_json::from_slice(body).map_err(|_| CustomersDecodeError::NotJson)?;
+    let list = match raw.get("customers") {
+        Some(Value::Array(list)) => list,
+        Some(Value::Null) => return Ok(Vec::new()),
+        _ => return Err(CustomersDecodeError::NoList),
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let inner = match entry.get("customer") {
+                Some(c @ Value::Object(_)) => c,
+                _ => entry,
+            };
+            if !inner.is_object() {
+                return Err(CustomersDecodeError::BadEntry(i));
+            }
+            Customer::deserialize(inner).map_err(|_| CustomersDecodeError::BadEntry(i))
+        })
+        .collect()
+}
+
 /// Strings and numbers become text; null and blank become `None`.
 fn value_to_string(v: Value) -> Option<String> {
     let s = match v {
@@ -312,6 +373,48 @@ mod tests {
         assert!(s.is_manual());
         assert_eq!(list.segments[1].name, None);
         assert!(!list.segments[1].is_manual());
+    }
+
+    #[test]
+    fn bulk_answers_are_read_wrapped_or_bare() {
+        // The documented example: entries wrapped like the single lookup.
+        let wrapped = parse_customers(
+            br#"{"customers":[{"customer":{"id":"1","attributes":{"email":"a@example.com",
+                "id":"1","cio_id":"03000001","phone":"+15551234567"},"devices":[]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(wrapped.len(), 1);
+        assert_eq!(wrapped[0].key(IdType::Id).as_deref(), Some("1"));
+        assert_eq!(wrapped[0].key(IdType::CioId).as_deref(), Some("03000001"));
+        assert_eq!(
+            wrapped[0].attribute("phone").as_deref(),
+            Some("+15551234567")
+        );
+        let bare = parse_customers(
+            br#"{"customers":[{"id":"2","attributes":{"cio_id":"cio_03000002","email":"B@Example.com"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(bare[0].key(IdType::Id).as_deref(), Some("2"));
+        assert_eq!(bare[0].key(IdType::CioId).as_deref(), Some("03000002"));
+        assert_eq!(bare[0].key(IdType::Email).as_deref(), Some("b@example.com"));
+        assert!(parse_customers(br#"{"customers":[]}"#).unwrap().is_empty());
+        assert!(parse_customers(br#"{"customers":null}"#)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn unreadable_bulk_answers_are_errors_without_their_content() {
+        for body in [
+            &b"not json"[..],
+            br#"{}"#,
+            br#"{"customers":"x"}"#,
+            br#"{"customers":[7]}"#,
+            br#"{"customers":[{"customer":{"id":true,"attributes":{"email":"secret@example.com"}}}]}"#,
+        ] {
+            let e = parse_customers(body).unwrap_err().to_string();
+            assert!(!e.contains("secret"), "{e}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! A fake Customer.io App API (segments, membership, customer attributes)
-//! on 127.0.0.1:0, strict where the real one is: Bearer key, 10 requests
-//! per second, `limit` ≤ 30000. Failures can be scripted, and generated
-//! segments serve a million members without storing them.
+//! A fake Customer.io App API (segments, membership, customer attributes,
+//! one at a time and in bulk) on 127.0.0.1:0, strict where the real one
+//! is: Bearer key, 10 requests per second shared by every endpoint,
+//! `limit` ≤ 30000, 1–100 ids per bulk lookup. Failures can be scripted,
+//! and generated segments serve a million members without storing them.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -13,7 +14,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -32,6 +33,8 @@ pub struct FakeMember {
     pub email: Option<String>,
     /// Only for attribute lookups: membership answers carry no phone.
     pub phone: Option<String>,
+    /// More attributes for lookups (name, value as text).
+    pub attributes: Vec<(String, String)>,
 }
 
 impl FakeMember {
@@ -61,6 +64,10 @@ impl FakeMember {
     }
     pub fn with_phone(mut self, phone: &str) -> Self {
         self.phone = Some(phone.into());
+        self
+    }
+    pub fn with_attribute(mut self, name: &str, value: &str) -> Self {
+        self.attributes.push((name.into(), value.into()));
         self
     }
 
@@ -100,6 +107,8 @@ struct Generated {
     count: u64,
     prefix: String,
     removed: HashSet<u64>,
+    /// Lookups answer a phone, `+1415{i:07}`.
+    phones: bool,
 }
 
 impl Generated {
@@ -109,7 +118,8 @@ impl Generated {
             id: Some(format!("{p}{i}")),
             cio_id: Some(format!("{p}c{i}")),
             email: Some(format!("{p}{i}@example.com")),
-            phone: None,
+            phone: self.phones.then(|| format!("+1415{:07}", i % 10_000_000)),
+            attributes: Vec::new(),
         }
     }
 
@@ -219,6 +229,15 @@ struct FakeState {
     request_count: usize,
     rate_limited: usize,
     log: Vec<String>,
+    /// Answered bulk lookups: (id_type, ids asked).
+    bulk: Vec<(String, usize)>,
+    single_lookups: usize,
+    /// Ids lookups do not find (membership still lists them).
+    unfindable: HashSet<String>,
+    bulk_failures: VecDeque<StatusCode>,
+    bulk_delay: Duration,
+    /// Keep every request's path in `log` (off for million-member runs).
+    keep_log: bool,
     failures: VecDeque<Failure>,
     pages_until_outage: Option<usize>,
     outage: bool,
@@ -253,6 +272,12 @@ impl FakeAppApi {
             request_count: 0,
             rate_limited: 0,
             log: Vec::new(),
+            bulk: Vec::new(),
+            single_lookups: 0,
+            unfindable: HashSet::new(),
+            bulk_failures: VecDeque::new(),
+            bulk_delay: Duration::ZERO,
+            keep_log: true,
             failures: VecDeque::new(),
             pages_until_outage: None,
             outage: false,
@@ -264,6 +289,7 @@ impl FakeAppApi {
             .route("/v1/segments/{id}/customer_count", get(customer_count))
             .route("/v1/segments/{id}/membership", get(membership))
             .route("/v1/customers/{id}/attributes", get(attributes))
+            .route("/v1/customers/attributes", post(bulk_attributes))
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
             .layer(middleware::from_fn_with_state(state.clone(), gate))
             .with_state(state.clone());
@@ -299,10 +325,21 @@ impl FakeAppApi {
     /// Creates or replaces a segment of `count` members generated on demand:
     /// id `{prefix}{i}`, cio_id `{prefix}c{i}`, email `{prefix}{i}@example.com`.
     pub fn set_generated_segment(&self, id: u64, count: u64, prefix: &str) {
+        self.generated(id, count, prefix, false);
+    }
+
+    /// As [`set_generated_segment`](Self::set_generated_segment), and
+    /// lookups answer each member a phone, `+1415{i:07}`.
+    pub fn set_generated_segment_with_phones(&self, id: u64, count: u64, prefix: &str) {
+        self.generated(id, count, prefix, true);
+    }
+
+    fn generated(&self, id: u64, count: u64, prefix: &str, phones: bool) {
         let generated = Generated {
             count,
             prefix: prefix.into(),
             removed: HashSet::new(),
+            phones,
         };
         self.state().segments.insert(
             id,
@@ -398,6 +435,38 @@ impl FakeAppApi {
         st.pages_until_outage = None;
     }
 
+    /// Lookups (single and bulk) do not find the person known by `key`
+    /// (id, cio_id, email or phone), though segments still list them.
+    pub fn hide_from_lookups(&self, key: &str) {
+        self.state().unfindable.insert(key.into());
+    }
+
+    /// The next `n` bulk lookups that pass the gate answer `status`.
+    pub fn fail_bulk_next(&self, n: usize, status: u16) {
+        let status = StatusCode::from_u16(status).expect("an HTTP status");
+        self.state().bulk_failures.extend((0..n).map(|_| status));
+    }
+
+    /// Bulk lookups take this long to answer (the rate window is not held).
+    pub fn set_bulk_delay(&self, d: Duration) {
+        self.state().bulk_delay = d;
+    }
+
+    /// `false` stops recording request paths (memory for huge runs).
+    pub fn set_keep_log(&self, keep: bool) {
+        self.state().keep_log = keep;
+    }
+
+    /// Bulk lookups answered 200: (id_type, number of ids asked).
+    pub fn bulk_lookups(&self) -> Vec<(String, usize)> {
+        self.state().bulk.clone()
+    }
+
+    /// Single lookups (`GET /v1/customers/{id}/attributes`) that reached the handler.
+    pub fn single_lookups(&self) -> usize {
+        self.state().single_lookups
+    }
+
     /// Every request received, the rejected included.
     pub fn request_count(&self) -> usize {
         self.state().request_count
@@ -431,11 +500,13 @@ async fn gate(State(state): State<Shared>, req: Request, next: Next) -> Response
         let mut st = state.lock().unwrap();
         let now = Instant::now();
         st.request_count += 1;
-        let uri = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
-        st.log.push(uri);
+        if st.keep_log {
+            let uri = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+            st.log.push(uri);
+        }
         while st
             .window
             .front()
@@ -585,27 +656,43 @@ async fn membership(
     Json(body).into_response()
 }
 
-async fn attributes(
-    State(state): State<Shared>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let id_type = match q.get("id_type").map(String::as_str) {
-        None | Some("id") => IdType::Id,
-        Some("email") => IdType::Email,
-        Some("cio_id") => IdType::CioId,
-        Some("phone") => IdType::Phone,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "invalid id_type"),
-    };
-    let st = state.lock().unwrap();
-    let found = st
-        .segments
-        .values()
-        .find_map(|s| s.find(id_type, &id))
-        .or_else(|| st.people.iter().find(|m| m.found_by(id_type, &id)).cloned());
-    let Some(m) = found else {
-        return error(StatusCode::NOT_FOUND, "customer not found");
-    };
+/// The `id_type` asked for, or the 400 message.
+fn parse_id_type(
+    q: &HashMap<String, String>,
+    default: Option<IdType>,
+) -> Result<IdType, &'static str> {
+    match (q.get("id_type").map(String::as_str), default) {
+        (None, Some(d)) => Ok(d),
+        (None, None) => Err("id_type is required"),
+        (Some("id"), _) => Ok(IdType::Id),
+        (Some("email"), _) => Ok(IdType::Email),
+        (Some("cio_id"), _) => Ok(IdType::CioId),
+        (Some("phone"), _) => Ok(IdType::Phone),
+        (Some(_), _) => Err("invalid id_type"),
+    }
+}
+
+impl FakeState {
+    fn lookup(&self, id_type: IdType, id: &str) -> Option<FakeMember> {
+        let found = self
+            .segments
+            .values()
+            .find_map(|s| s.find(id_type, id))
+            .or_else(|| {
+                self.people
+                    .iter()
+                    .find(|m| m.found_by(id_type, id))
+                    .cloned()
+            })?;
+        let hidden = [&found.id, &found.cio_id, &found.email, &found.phone]
+            .iter()
+            .any(|k| k.as_ref().is_some_and(|k| self.unfindable.contains(k)));
+        (!hidden).then_some(found)
+    }
+}
+
+/// A customer as the attribute lookups describe them.
+fn customer_json(m: &FakeMember) -> Value {
     let mut attrs = Map::new();
     for (k, v) in [
         ("id", &m.id),
@@ -617,16 +704,79 @@ async fn attributes(
             attrs.insert(k.into(), Value::String(v.clone()));
         }
     }
-    attrs.insert("created_at".into(), json!(1552341937));
-    Json(json!({
-        "customer": {
-            "id": m.id.clone().unwrap_or_default(),
-            "identifiers": { "id": m.id, "email": m.email, "cio_id": m.cio_id },
-            "attributes": attrs,
-            "timestamps": { "created_at": 1552341937 },
-            "unsubscribed": false,
-            "devices": [],
+    for (k, v) in &m.attributes {
+        attrs.insert(k.clone(), Value::String(v.clone()));
+    }
+    json!({
+        "id": m.id.clone().unwrap_or_default(),
+        "identifiers": { "id": m.id, "email": m.email, "cio_id": m.cio_id },
+        "attributes": attrs,
+        "timestamps": { "created_at": 1552341937 },
+        "unsubscribed": false,
+        "devices": [],
+    })
+}
+
+async fn attributes(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let id_type = match parse_id_type(&q, Some(IdType::Id)) {
+        Ok(t) => t,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let mut st = state.lock().unwrap();
+    st.single_lookups += 1;
+    let Some(m) = st.lookup(id_type, &id) else {
+        return error(StatusCode::NOT_FOUND, "customer not found");
+    };
+    Json(json!({ "customer": customer_json(&m) })).into_response()
+}
+
+/// `POST /v1/customers/attributes?id_type=…` with `{"ids": [...]}` (1–100
+/// strings of that type): the customers found, each `{"customer": …}` as
+/// the single lookup answers; unknown ids are left out. The real endpoint
+/// takes a missing id_type as `id`; koala always sends it, so the fake
+/// insists on it.
+async fn bulk_attributes(
+    State(state): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let id_type = match parse_id_type(&q, None) {
+        Ok(t) => t,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let ids: Vec<String> = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => match v.get("ids").and_then(Value::as_array) {
+            Some(list) if (1..=100).contains(&list.len()) => {
+                match list.iter().map(|i| i.as_str().map(str::to_owned)).collect() {
+                    Some(ids) => ids,
+                    None => return error(StatusCode::BAD_REQUEST, "ids must be strings"),
+                }
+            }
+            _ => return error(StatusCode::BAD_REQUEST, "ids must hold 1 to 100 ids"),
+        },
+        Err(_) => return error(StatusCode::BAD_REQUEST, "the body is not JSON"),
+    };
+    let delay = {
+        let mut st = state.lock().unwrap();
+        if let Some(status) = st.bulk_failures.pop_front() {
+            return error(status, "scripted bulk failure");
         }
-    }))
-    .into_response()
+        st.bulk_delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut st = state.lock().unwrap();
+    let customers: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| st.lookup(id_type, id))
+        .map(|m| json!({ "customer": customer_json(&m) }))
+        .collect();
+    let name = q.get("id_type").cloned().unwrap_or_default();
+    st.bulk.push((name, ids.len()));
+    Json(json!({ "customers": customers })).into_response()
 }
