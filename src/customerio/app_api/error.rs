@@ -21,7 +21,7 @@ pub enum AppApiError {
         body: String,
     },
     /// The request did not complete (connect, timeout, broken body), after retries.
-    #[error("Customer.io App API {endpoint}: request failed ({})", transport_kind(.source))]
+    #[error("Customer.io App API {endpoint}: request failed ({})", crate::outbound::TransportFailure::of(.source).describe())]
     Transport {
         endpoint: &'static str,
         #[source]
@@ -43,7 +43,9 @@ impl AppApiError {
     /// a caller may try the whole operation again later.
     pub fn is_transient(&self) -> bool {
         match self {
-            AppApiError::Status { status, .. } => is_retryable_status(*status),
+            AppApiError::Status { status, .. } => {
+                crate::outbound::StatusClass::of(*status).is_retryable()
+            }
             AppApiError::Transport { .. } => true,
             _ => false,
         }
@@ -61,26 +63,10 @@ impl AppApiError {
     }
 }
 
-pub(crate) fn is_retryable_status(status: u16) -> bool {
-    status == 429 || (500..600).contains(&status)
-}
-
 fn body_suffix(body: &str) -> String {
     if body.is_empty() {
         String::new()
     } else {
         format!(": {body}")
-    }
-}
-
-fn transport_kind(e: &reqwest::Error) -> &'static str {
-    if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else if e.is_body() || e.is_decode() {
-        "response body broken"
-    } else {
-        "transport error"
     }
 }

@@ -15,15 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use bytes::Bytes;
 use futures::Stream;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::de::DeserializeOwned;
 use url::Url;
 
+use crate::backoff::Backoff;
 use crate::config::{Config, Secret};
+use crate::outbound::{self, StatusClass};
 
 pub use error::AppApiError;
 pub use model::{
@@ -31,7 +33,6 @@ pub use model::{
     Segment, MAX_BULK_LOOKUP, MAX_MEMBERSHIP_LIMIT,
 };
 
-use error::is_retryable_status;
 use model::{CustomerCount, CustomerEnvelope, SegmentEnvelope, SegmentList};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -322,18 +323,18 @@ impl AppApiClient {
         json: Option<Bytes>,
     ) -> Result<Bytes, AppApiError> {
         let policy = &self.retry;
-        let backoff = ExponentialBuilder::default()
-            .with_jitter()
-            .with_min_delay(policy.min_delay)
-            .with_max_delay(policy.max_delay)
-            .with_max_times(policy.max_attempts.saturating_sub(1));
+        // koala's one backoff (full jitter), as backon's delay sequence.
+        let backoff = Backoff {
+            base: policy.min_delay,
+            max: policy.max_delay,
+        }
+        .retries(policy.max_attempts.saturating_sub(1));
         (|| self.attempt(endpoint, what, &url, json.as_ref()))
             .retry(backoff)
             .when(|f: &Failure| f.retryable)
-            // backon's jitter can double a delay; max_delay stays the cap.
             // Retry-After is a floor on the wait, never a way to exceed the attempt budget.
             .adjust(|f: &Failure, next: Option<Duration>| {
-                next.map(|d| d.min(policy.max_delay)).map(|d| match f.retry_after {
+                next.map(|d| match f.retry_after {
                     Some(ra) => d.max(ra.min(policy.max_retry_after)),
                     None => d,
                 })
@@ -399,15 +400,12 @@ impl AppApiClient {
         if resp.status().is_success() {
             return resp.bytes().await.map(|b| (status, b)).map_err(transport);
         }
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = outbound::retry_after(resp.headers());
         let body = resp.text().await.unwrap_or_default();
-        let error = match status {
-            401 | 403 => AppApiError::Unauthorized { status },
-            404 => AppApiError::NotFound {
+        let class = StatusClass::of(status);
+        let error = match (class, status) {
+            (StatusClass::Unauthorized, _) => AppApiError::Unauthorized { status },
+            (_, 404) => AppApiError::NotFound {
                 what: what.to_owned(),
             },
             _ => AppApiError::Status {
@@ -418,7 +416,7 @@ impl AppApiClient {
         };
         Err(Failure {
             error,
-            retryable: is_retryable_status(status),
+            retryable: class.is_retryable(),
             retry_after,
         })
     }
@@ -441,11 +439,6 @@ fn pacing_quota(requests_per_second: u32) -> anyhow::Result<Quota> {
     Ok(Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(rps))
         .allow_burst(NonZeroU32::MIN))
-}
-
-/// `Retry-After` in seconds. (The HTTP-date form is ignored; backoff applies.)
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// `base` + `/v1/` + each segment, fully percent-encoded, + the query.
@@ -622,13 +615,6 @@ mod tests {
             let e = c.customers_attributes(ids, IdType::Id).await.unwrap_err();
             assert!(matches!(e, AppApiError::InvalidIdentifier(_)), "{e}");
         }
-    }
-
-    #[test]
-    fn retry_after_is_read_in_seconds() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 
     #[test]
