@@ -280,18 +280,28 @@ impl DestinationEntry {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DestinationConfig {
     MetaCustomAudiences(crate::destinations::meta::MetaConfig),
+    GoogleCustomerMatch(crate::destinations::google_customer_match::GoogleConfig),
+    TiktokAudiences(crate::destinations::tiktok_audiences::TiktokConfig),
 }
 
 impl DestinationConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             DestinationConfig::MetaCustomAudiences(_) => "meta_custom_audiences",
+            DestinationConfig::GoogleCustomerMatch(_) => "google_customer_match",
+            DestinationConfig::TiktokAudiences(_) => "tiktok_audiences",
         }
     }
 
     fn delivery_defaults(&self) -> DeliverySettings {
         match self {
             DestinationConfig::MetaCustomAudiences(_) => crate::destinations::meta::DELIVERY,
+            DestinationConfig::GoogleCustomerMatch(_) => {
+                crate::destinations::google_customer_match::DELIVERY
+            }
+            DestinationConfig::TiktokAudiences(_) => {
+                crate::destinations::tiktok_audiences::DELIVERY
+            }
         }
     }
 
@@ -299,6 +309,10 @@ impl DestinationConfig {
     fn fields(&self) -> &'static [FieldSpec] {
         match self {
             DestinationConfig::MetaCustomAudiences(_) => crate::destinations::meta::FIELDS,
+            DestinationConfig::GoogleCustomerMatch(_) => {
+                crate::destinations::google_customer_match::FIELDS
+            }
+            DestinationConfig::TiktokAudiences(_) => crate::destinations::tiktok_audiences::FIELDS,
         }
     }
 
@@ -306,7 +320,9 @@ impl DestinationConfig {
     /// warehouses); ad platforms take only their own.
     fn takes_any_field(&self) -> bool {
         match self {
-            DestinationConfig::MetaCustomAudiences(_) => false,
+            DestinationConfig::MetaCustomAudiences(_)
+            | DestinationConfig::GoogleCustomerMatch(_)
+            | DestinationConfig::TiktokAudiences(_) => false,
         }
     }
 
@@ -315,12 +331,20 @@ impl DestinationConfig {
             DestinationConfig::MetaCustomAudiences(_) => {
                 crate::destinations::meta::MAX_ROWS_PER_REQUEST
             }
+            DestinationConfig::GoogleCustomerMatch(_) => {
+                crate::destinations::google_customer_match::MAX_MEMBERS_PER_REQUEST
+            }
+            DestinationConfig::TiktokAudiences(_) => {
+                crate::destinations::tiktok_audiences::MAX_ROWS_LIMIT
+            }
         }
     }
 
     fn problems(&self) -> Vec<String> {
         match self {
             DestinationConfig::MetaCustomAudiences(c) => c.problems(),
+            DestinationConfig::GoogleCustomerMatch(c) => c.problems(),
+            DestinationConfig::TiktokAudiences(c) => c.problems(),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! request, sends it, and classifies the answer; the engine owns batching,
 //! limits, retries, dead letters and pausing.
 
+pub mod google_customer_match;
 pub mod mapping;
 pub mod meta;
 mod settings;
+pub mod tiktok_audiences;
 
 pub use mapping::{FieldSpec, FieldType, MapConfig, Mapping};
 pub use settings::{DeliveryOverrides, DeliverySettings};
@@ -174,6 +176,12 @@ pub trait Destination: Send + Sync + 'static {
         people: &[PersonRecord],
     ) -> SendOutcome;
 
+    /// Recent platform-side problems worth showing an operator that no
+    /// send outcome carries (Google's asynchronous request statuses).
+    fn platform_notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// True when the destination can replace an audience's whole
     /// membership in one session ([`Destination::send_replace`]).
     fn supports_replace(&self) -> bool {
@@ -204,5 +212,11 @@ pub fn build(entry: &DestinationEntry) -> anyhow::Result<Arc<dyn Destination>> {
             c.clone(),
             delivery,
         )?)),
+        DestinationConfig::GoogleCustomerMatch(c) => Ok(Arc::new(
+            google_customer_match::GoogleDestination::new(name, c.clone(), delivery)?,
+        )),
+        DestinationConfig::TiktokAudiences(c) => Ok(Arc::new(
+            tiktok_audiences::TiktokDestination::new(name, c.clone(), delivery)?,
+        )),
     }
 }

@@ -1,7 +1,9 @@
 //! Identifier normalization before hashing. Each platform documents its own
 //! rules and a match needs them exactly, so each gets its own module.
 
+pub mod google;
 pub mod meta;
+pub mod tiktok;
 
 use sha2::{Digest, Sha256};
 

@@ -250,6 +250,7 @@ mod tests {
         let mapping = entry.mapping(&Default::default()).unwrap();
         match entry.platform {
             DestinationConfig::MetaCustomAudiences(m) => Ok((m, delivery, mapping)),
+            other => panic!("not a meta destination: {}", other.type_name()),
         }
     }
 

@@ -1,4 +1,6 @@
 pub mod app;
 pub mod fake_app_api;
+pub mod fake_google;
 pub mod fake_meta;
+pub mod fake_tiktok;
 pub mod wait;
