@@ -101,6 +101,12 @@ impl Dispatcher {
                     _ = this.cancel.cancelled() => break,
                 }
             }
+            // A request in flight may have paused the destination while
+            // this loop waited for capacity.
+            if this.control.snapshot().paused {
+                drop(permit);
+                continue;
+            }
             let claimed = this
                 .store
                 .claim_work(&name, now_ms(), LEASE.as_millis() as i64, limits.max_batch)
@@ -351,15 +357,19 @@ impl Dispatcher {
         now: i64,
     ) -> Result<(), crate::store::StoreError> {
         let name = self.control.destination().name().to_owned();
-        self.store.retry_work(ids, now, &reason).await?;
         tracing::error!(destination = %name, %reason, resume_at = ?until, "destination paused");
         self.note_error(&reason, now);
-        let mut s = self.control.status.lock().expect("status lock");
-        s.paused = true;
-        s.paused_reason = Some(reason);
-        s.paused_at = Some(now);
-        s.resume_at = until;
+        // Paused before the rows are due again, so the dispatcher never
+        // sees them due while the destination still looks healthy.
+        {
+            let mut s = self.control.status.lock().expect("status lock");
+            s.paused = true;
+            s.paused_reason = Some(reason.clone());
+            s.paused_at = Some(now);
+            s.resume_at = until;
+        }
         metrics::gauge!("koala_destination_paused", "destination" => name).set(1.0);
+        self.store.retry_work(ids, now, &reason).await?;
         Ok(())
     }
 
