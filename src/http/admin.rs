@@ -346,10 +346,16 @@ pub async fn list_destinations(State(state): State<AppState>) -> Result<Json<Val
     for d in &state.config.destinations {
         let name = d.name();
         let pending = state.store.pending_summary(name).await?;
+        let notes = state
+            .engine
+            .handle(name)
+            .map(|h| h.current().platform_notes())
+            .unwrap_or_default();
         out.push(json!({
             "name": name,
             "type": d.type_name(),
             "status": state.engine.status(name).unwrap_or_default(),
+            "platform_notes": notes,
             "pending": pending.pending,
             "oldest_pending_received_at": pending.oldest_received_at,
         }));

@@ -282,6 +282,10 @@ async fn google_request_status_errors_are_counted() {
     })
     .await;
     assert!(fake.status_checks() >= 1);
+    // The operator sees it in the admin API.
+    let (_, body) = app.admin_get("/v1/destinations").await;
+    let notes = body["destinations"][0]["platform_notes"].to_string();
+    assert!(notes.contains("INVALID_HASH"), "{body}");
     app.stop().await;
 }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod ad_platforms;
 mod admin;
 mod app_api_client;
 mod config_and_cli;
