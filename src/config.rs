@@ -12,7 +12,9 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::destinations::{DeliveryOverrides, DeliverySettings, FieldSpec, MapConfig, Mapping};
+use crate::destinations::{
+    DeliveryOverrides, DeliverySettings, DestinationKind, MapConfig, Mapping,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -251,13 +253,17 @@ impl DestinationEntry {
 
     /// The type's defaults with this table's overrides.
     pub fn delivery(&self) -> DeliverySettings {
-        self.platform.delivery_defaults().with(&self.delivery)
+        self.platform
+            .kind()
+            .delivery_defaults()
+            .with(&self.delivery)
     }
 
     /// Problems, each starting with its key within the table.
     pub fn problems(&self) -> Vec<String> {
-        let mut p = self.delivery().problems(self.platform.max_batch_limit());
-        p.extend(self.platform.problems());
+        let kind = self.platform.kind();
+        let mut p = self.delivery().problems(kind.max_batch_limit());
+        p.extend(kind.problems());
         if let Err(map) = self.mapping(&MapConfig::new()) {
             p.extend(map);
         }
@@ -266,11 +272,8 @@ impl DestinationEntry {
 
     /// The mapping for an audience whose sync target says `target`.
     pub fn mapping(&self, target: &MapConfig) -> Result<Mapping, Vec<String>> {
-        Mapping::resolve(
-            self.platform.fields(),
-            self.platform.takes_any_field(),
-            &[&self.map, target],
-        )
+        let kind = self.platform.kind();
+        Mapping::resolve(kind.fields(), kind.takes_any_field(), &[&self.map, target])
     }
 }
 
@@ -285,67 +288,17 @@ pub enum DestinationConfig {
 }
 
 impl DestinationConfig {
+    /// The registration: each type's config, as the seam sees it.
+    pub fn kind(&self) -> &dyn DestinationKind {
+        match self {
+            DestinationConfig::MetaCustomAudiences(c) => c,
+            DestinationConfig::GoogleCustomerMatch(c) => c,
+            DestinationConfig::TiktokAudiences(c) => c,
+        }
+    }
+
     pub fn type_name(&self) -> &'static str {
-        match self {
-            DestinationConfig::MetaCustomAudiences(_) => "meta_custom_audiences",
-            DestinationConfig::GoogleCustomerMatch(_) => "google_customer_match",
-            DestinationConfig::TiktokAudiences(_) => "tiktok_audiences",
-        }
-    }
-
-    fn delivery_defaults(&self) -> DeliverySettings {
-        match self {
-            DestinationConfig::MetaCustomAudiences(_) => crate::destinations::meta::DELIVERY,
-            DestinationConfig::GoogleCustomerMatch(_) => {
-                crate::destinations::google_customer_match::DELIVERY
-            }
-            DestinationConfig::TiktokAudiences(_) => {
-                crate::destinations::tiktok_audiences::DELIVERY
-            }
-        }
-    }
-
-    /// The fields a mapping may feed.
-    fn fields(&self) -> &'static [FieldSpec] {
-        match self {
-            DestinationConfig::MetaCustomAudiences(_) => crate::destinations::meta::FIELDS,
-            DestinationConfig::GoogleCustomerMatch(_) => {
-                crate::destinations::google_customer_match::FIELDS
-            }
-            DestinationConfig::TiktokAudiences(_) => crate::destinations::tiktok_audiences::FIELDS,
-        }
-    }
-
-    /// True for platforms that take fields they do not declare (analytics,
-    /// warehouses); ad platforms take only their own.
-    fn takes_any_field(&self) -> bool {
-        match self {
-            DestinationConfig::MetaCustomAudiences(_)
-            | DestinationConfig::GoogleCustomerMatch(_)
-            | DestinationConfig::TiktokAudiences(_) => false,
-        }
-    }
-
-    fn max_batch_limit(&self) -> usize {
-        match self {
-            DestinationConfig::MetaCustomAudiences(_) => {
-                crate::destinations::meta::MAX_ROWS_PER_REQUEST
-            }
-            DestinationConfig::GoogleCustomerMatch(_) => {
-                crate::destinations::google_customer_match::MAX_MEMBERS_PER_REQUEST
-            }
-            DestinationConfig::TiktokAudiences(_) => {
-                crate::destinations::tiktok_audiences::MAX_ROWS_LIMIT
-            }
-        }
-    }
-
-    fn problems(&self) -> Vec<String> {
-        match self {
-            DestinationConfig::MetaCustomAudiences(c) => c.problems(),
-            DestinationConfig::GoogleCustomerMatch(c) => c.problems(),
-            DestinationConfig::TiktokAudiences(c) => c.problems(),
-        }
+        self.kind().type_name()
     }
 }
 

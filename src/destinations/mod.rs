@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::audiences::AudienceDef;
-use crate::config::{DestinationConfig, DestinationEntry};
+use crate::config::DestinationEntry;
 use crate::store::{PersonRecord, SyncOp};
 
 /// One row of a batch the platform refused on its own (the rest were
@@ -203,20 +203,38 @@ pub trait Destination: Send + Sync + 'static {
     }
 }
 
+/// A destination type as its config table describes it: what the engine
+/// and `koala check` need to know of it. Each type's config implements it
+/// in its own folder; registering a type is one variant of
+/// [`DestinationConfig`] and its arm in [`DestinationConfig::kind`].
+pub trait DestinationKind {
+    /// The `type` key's value.
+    fn type_name(&self) -> &'static str;
+    /// Engine settings unless the table overrides them.
+    fn delivery_defaults(&self) -> DeliverySettings;
+    /// Most rows the platform takes in one request.
+    fn max_batch_limit(&self) -> usize;
+    /// The fields a mapping may feed.
+    fn fields(&self) -> &'static [FieldSpec];
+    /// True for platforms that take fields they do not declare (analytics,
+    /// warehouses); ad platforms take only their own.
+    fn takes_any_field(&self) -> bool {
+        false
+    }
+    /// Problems of the platform keys, each starting with its key.
+    fn problems(&self) -> Vec<String>;
+    /// The running destination.
+    fn build(
+        &self,
+        name: String,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<Arc<dyn Destination>>;
+}
+
 /// Builds the destination a config entry describes.
 pub fn build(entry: &DestinationEntry) -> anyhow::Result<Arc<dyn Destination>> {
-    let (name, delivery) = (entry.name.clone(), entry.delivery());
-    match &entry.platform {
-        DestinationConfig::MetaCustomAudiences(c) => Ok(Arc::new(meta::MetaDestination::new(
-            name,
-            c.clone(),
-            delivery,
-        )?)),
-        DestinationConfig::GoogleCustomerMatch(c) => Ok(Arc::new(
-            google_customer_match::GoogleDestination::new(name, c.clone(), delivery)?,
-        )),
-        DestinationConfig::TiktokAudiences(c) => Ok(Arc::new(
-            tiktok_audiences::TiktokDestination::new(name, c.clone(), delivery)?,
-        )),
-    }
+    entry
+        .platform
+        .kind()
+        .build(entry.name.clone(), entry.delivery())
 }

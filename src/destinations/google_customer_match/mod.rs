@@ -283,6 +283,40 @@ impl Destination for GoogleDestination {
     }
 }
 
+impl super::DestinationKind for GoogleConfig {
+    fn type_name(&self) -> &'static str {
+        "google_customer_match"
+    }
+
+    fn delivery_defaults(&self) -> DeliverySettings {
+        DELIVERY
+    }
+
+    fn max_batch_limit(&self) -> usize {
+        MAX_MEMBERS_PER_REQUEST
+    }
+
+    fn fields(&self) -> &'static [super::FieldSpec] {
+        FIELDS
+    }
+
+    fn problems(&self) -> Vec<String> {
+        GoogleConfig::problems(self)
+    }
+
+    fn build(
+        &self,
+        name: String,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<std::sync::Arc<dyn Destination>> {
+        Ok(std::sync::Arc::new(GoogleDestination::new(
+            name,
+            self.clone(),
+            delivery,
+        )?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

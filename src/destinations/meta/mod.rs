@@ -209,6 +209,40 @@ impl Destination for MetaDestination {
     }
 }
 
+impl super::DestinationKind for MetaConfig {
+    fn type_name(&self) -> &'static str {
+        "meta_custom_audiences"
+    }
+
+    fn delivery_defaults(&self) -> DeliverySettings {
+        DELIVERY
+    }
+
+    fn max_batch_limit(&self) -> usize {
+        MAX_ROWS_PER_REQUEST
+    }
+
+    fn fields(&self) -> &'static [super::FieldSpec] {
+        FIELDS
+    }
+
+    fn problems(&self) -> Vec<String> {
+        MetaConfig::problems(self)
+    }
+
+    fn build(
+        &self,
+        name: String,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<std::sync::Arc<dyn Destination>> {
+        Ok(std::sync::Arc::new(MetaDestination::new(
+            name,
+            self.clone(),
+            delivery,
+        )?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,40 @@ impl Destination for TiktokDestination {
     }
 }
 
+impl super::DestinationKind for TiktokConfig {
+    fn type_name(&self) -> &'static str {
+        "tiktok_audiences"
+    }
+
+    fn delivery_defaults(&self) -> DeliverySettings {
+        DELIVERY
+    }
+
+    fn max_batch_limit(&self) -> usize {
+        MAX_ROWS_LIMIT
+    }
+
+    fn fields(&self) -> &'static [super::FieldSpec] {
+        FIELDS
+    }
+
+    fn problems(&self) -> Vec<String> {
+        TiktokConfig::problems(self)
+    }
+
+    fn build(
+        &self,
+        name: String,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<std::sync::Arc<dyn Destination>> {
+        Ok(std::sync::Arc::new(TiktokDestination::new(
+            name,
+            self.clone(),
+            delivery,
+        )?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
