@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench koala_bench -- [--quick] [--json FILE] [--store URL] \
-//!     [--only ingest,e2e,batch,memory,resync]
+//!     [--only ingest,e2e,batch,memory,resync,multi]
 //! ```
 //!
 //! It starts the real `koala` binary (cargo builds it in the bench profile,
@@ -39,8 +39,12 @@
 
 #[path = "../tests/it/support/fake_app_api.rs"]
 mod fake_app_api;
+#[path = "../tests/it/support/fake_google.rs"]
+mod fake_google;
 #[path = "../tests/it/support/fake_meta.rs"]
 mod fake_meta;
+#[path = "../tests/it/support/fake_tiktok.rs"]
+mod fake_tiktok;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -63,7 +67,7 @@ use fake_app_api::{FakeAppApi, FAKE_APP_API_KEY};
 use fake_meta::{FakeMeta, RecordedRequest, FAKE_META_TOKEN};
 
 const USAGE: &str = "usage: cargo bench --bench koala_bench -- [--quick] [--json FILE] \
-[--store URL] [--only ingest,e2e,batch,memory,resync] [--resync-runs sizes,lookups,replace]";
+[--store URL] [--only ingest,e2e,batch,memory,resync,multi] [--resync-runs sizes,lookups,replace]";
 
 const WEBHOOK_KEY: &str = "bench-webhook-signing-key";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -88,15 +92,17 @@ enum Phase {
     Batch,
     Memory,
     Resync,
+    Multi,
 }
 
 impl Phase {
-    const ALL: [Phase; 5] = [
+    const ALL: [Phase; 6] = [
         Phase::Ingest,
         Phase::E2e,
         Phase::Batch,
         Phase::Memory,
         Phase::Resync,
+        Phase::Multi,
     ];
 
     fn name(self) -> &'static str {
@@ -106,6 +112,7 @@ impl Phase {
             Phase::Batch => "batch",
             Phase::Memory => "memory",
             Phase::Resync => "resync",
+            Phase::Multi => "multi",
         }
     }
 
@@ -317,6 +324,9 @@ async fn run_phases(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     }
     if only.contains(&Phase::E2e) {
         bench_e2e(ctx, report).await?;
+    }
+    if only.contains(&Phase::Multi) {
+        bench_multi(ctx, report).await?;
     }
     if only.contains(&Phase::Batch) {
         bench_batch(ctx, report).await?;
@@ -1272,6 +1282,203 @@ async fn wait_for_members(meta: &FakeMeta, n: usize, limit: Duration) {
     while meta.members(META_AUDIENCE).len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+// ---------------------------------------------------------------- multi: Meta, Google, TikTok at once
+
+/// The three ad platforms, each with its own fake, in one koala: `meta`,
+/// `google`, `tiktok`, each at `rps` requests/s.
+fn multi_setup(
+    meta: &FakeMeta,
+    google: &fake_google::FakeGoogle,
+    tiktok: &fake_tiktok::FakeTiktok,
+    rps: [f64; 3],
+) -> KoalaSetup {
+    let engine = |rps: f64| {
+        format!("requests_per_second = {rps:?}\nconcurrency = 4\nrequest_timeout = \"5s\"\nmin_linger = \"0s\"")
+    };
+    let mut destination = meta_setup(meta, rps[0], 4).destination;
+    destination.push_str(&google.destination_toml(
+        "google",
+        &format!("{}\nproject_requests_per_minute = 1000000", engine(rps[1])),
+    ));
+    destination.push_str(&tiktok.destination_toml("tiktok", &engine(rps[2])));
+    KoalaSetup {
+        destination,
+        sync: format!(
+            r#"{{ destination = "meta", audience_id = "{META_AUDIENCE}" }},
+               {{ destination = "google", audience_id = "{MULTI_GOOGLE_AUDIENCE}" }},
+               {{ destination = "tiktok", audience_id = "{MULTI_TIKTOK_AUDIENCE}" }}"#
+        ),
+        customerio: String::new(),
+    }
+}
+
+const MULTI_GOOGLE_AUDIENCE: &str = "5550001";
+const MULTI_TIKTOK_AUDIENCE: &str = "7000001";
+
+/// The member key Google's and TikTok's fakes hold for a bench person.
+fn email_key(person: &str) -> String {
+    koala::normalization::sha256_hex(&format!("{person}@example.com"))
+}
+
+/// One koala syncing one audience to Meta, Google and TikTok: end-to-end
+/// latency per destination at 100 changes/s, then batch fill per
+/// destination when each one's rate limit is the bottleneck.
+async fn bench_multi(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("== three destinations");
+    let (meta, google, tiktok) = (
+        FakeMeta::start().await,
+        fake_google::FakeGoogle::start().await,
+        fake_tiktok::FakeTiktok::start().await,
+    );
+    let koala = Koala::start(ctx, &multi_setup(&meta, &google, &tiktok, [1000.0; 3])).await?;
+    let target = koala.target(&ctx.http);
+    let rate = 100.0;
+    let count = (rate * ctx.plan.e2e.as_secs_f64()) as usize;
+    let name = |i: usize| format!("m{i}");
+    let sent = paced(&target, rate, count, name, "3 destinations @ 100/s").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (meta.members(META_AUDIENCE).len() < count
+        || google.members(MULTI_GOOGLE_AUDIENCE).len() < count
+        || tiktok.members(MULTI_TIKTOK_AUDIENCE).len() < count)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first_google = HashMap::new();
+    for r in google.successful_requests() {
+        for k in &r.members {
+            first_google.entry(k.clone()).or_insert(r.at);
+        }
+    }
+    let mut first_tiktok = HashMap::new();
+    for r in tiktok.mappings().iter().filter(|r| r.code == 0) {
+        for k in &r.members {
+            first_tiktok.entry(k.clone()).or_insert(r.at);
+        }
+    }
+    let per_destination = [
+        (
+            "meta",
+            E2e::measure(&sent, &arrivals(&meta.requests()), name),
+        ),
+        (
+            "google",
+            E2e::measure(&sent, &first_google, |i| email_key(&name(i))),
+        ),
+        (
+            "tiktok",
+            E2e::measure(&sent, &first_tiktok, |i| email_key(&name(i))),
+        ),
+    ];
+    for (d, e2e) in &per_destination {
+        let at = format!("3 destinations, ack → {d} @ 100/s");
+        report.num("multi", format!("{at} p50"), e2e.latencies.ms(50.0), "ms");
+        let p99 = e2e.latencies.ms(99.0);
+        report.check(
+            "multi",
+            format!("{at} p99"),
+            p99,
+            "ms",
+            "<= 50 ms",
+            p99 <= 50.0,
+        );
+        if e2e.missing > 0 {
+            report.num(
+                "multi",
+                format!("{at}: never arrived"),
+                e2e.missing as f64,
+                "",
+            );
+        }
+    }
+    drop(koala);
+
+    // Each destination's rate limit is the bottleneck: 4,000 changes/s
+    // arrive, Meta and Google may send 0.2 requests/s of 10,000 rows
+    // (2,000/s), TikTok 2 requests/s of 1,000 rows (2,000/s).
+    let (meta, google, tiktok) = (
+        FakeMeta::start().await,
+        fake_google::FakeGoogle::start().await,
+        fake_tiktok::FakeTiktok::start().await,
+    );
+    let koala = Koala::start(ctx, &multi_setup(&meta, &google, &tiktok, [0.2, 0.2, 2.0])).await?;
+    let target = koala.target(&ctx.http);
+    let count = if ctx.opts.quick { 12_000 } else { 24_000 };
+    let sent = paced(
+        &target,
+        4_000.0,
+        count,
+        |i| format!("f{i}"),
+        "3 destinations, batch fill",
+    )
+    .await;
+    let (_, tally) = ack_latencies(&sent);
+    report.errors("multi", "batch fill load", &tally);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (meta.members(META_AUDIENCE).len() < count
+        || google.members(MULTI_GOOGLE_AUDIENCE).len() < count
+        || tiktok.members(MULTI_TIKTOK_AUDIENCE).len() < count)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = [
+        (
+            "meta",
+            META_MAX_BATCH,
+            meta.successful_requests()
+                .iter()
+                .map(|r| r.rows.len())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "google",
+            10_000,
+            google
+                .successful_requests()
+                .iter()
+                .map(|r| r.members.len())
+                .collect(),
+        ),
+        (
+            "tiktok",
+            fake_tiktok::MAX_ROWS,
+            tiktok
+                .mappings()
+                .iter()
+                .filter(|r| r.code == 0)
+                .map(|r| r.rows)
+                .collect(),
+        ),
+    ];
+    for (d, max, rows) in calls {
+        // The first call leaves at once (idle destination) and the last
+        // carries what is left: the calls between them show the fill.
+        let middle = rows.len().saturating_sub(2);
+        let fill = if middle == 0 {
+            0.0
+        } else {
+            rows[1..rows.len() - 1].iter().sum::<usize>() as f64 / (middle * max) as f64 * 100.0
+        };
+        let held: usize = rows.iter().sum();
+        report.num(
+            "multi",
+            format!("{d}: calls ({held} rows)"),
+            rows.len() as f64,
+            "",
+        );
+        report.check(
+            "multi",
+            format!("{d}: batch fill while its rate limit is the bottleneck"),
+            fill,
+            "%",
+            ">= 95%",
+            fill >= 95.0,
+        );
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- 3: batch efficiency

@@ -39,6 +39,9 @@ pub struct RecordedMapping {
     pub rows: usize,
     /// The code answered.
     pub code: i64,
+    /// Member keys (each row's first id) of an accepted request.
+    pub members: Vec<String>,
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -217,30 +220,33 @@ fn mapping(state: &Shared, v: &Value) -> Response {
         })
         .unwrap_or_default();
     let rows = v["batch_data"].as_array().cloned().unwrap_or_default();
-    let record = |s: &mut FakeState, code: i64| {
+    let record = |s: &mut FakeState, code: i64, members: Vec<String>| {
         s.mappings.push(RecordedMapping {
             action: action.clone(),
             id_schema: schema.clone(),
             rows: rows.len(),
             code,
+            members,
+            at: std::time::Instant::now(),
         })
     };
     if let Some((status, body)) = s.script.pop_front() {
-        record(&mut s, body["code"].as_i64().unwrap_or(-1));
+        record(&mut s, body["code"].as_i64().unwrap_or(-1), Vec::new());
         return reply(status, body);
     }
     let checked = check_mapping(v, &action, &schema, &rows);
     let keys = match checked {
         Ok(keys) => keys,
         Err(message) => {
-            record(&mut s, 40002);
+            record(&mut s, 40002, Vec::new());
             return ok(40002, &message, json!({}));
         }
     };
     if keys.iter().any(|(k, _)| s.poisoned.contains(k)) {
-        record(&mut s, 40002);
+        record(&mut s, 40002, Vec::new());
         return ok(40002, "Invalid parameters: batch_data", json!({}));
     }
+    let accepted: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
     for (k, audiences) in keys {
         for a in audiences {
             let members = s.members.entry(a).or_default();
@@ -251,7 +257,7 @@ fn mapping(state: &Shared, v: &Value) -> Response {
             }
         }
     }
-    record(&mut s, 0);
+    record(&mut s, 0, accepted);
     ok(0, "OK", json!({}))
 }
 
