@@ -59,7 +59,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use indicatif::{ProgressBar, ProgressStyle};
-use koala::config::Secret;
+use koala::secret::Secret;
 use koala::customerio::signature::{sign, verify};
 use serde_json::{json, Value};
 

@@ -14,7 +14,7 @@ use crate::audiences::Catalog;
 use crate::config::Config;
 use crate::customerio::app_api::AppApiClient;
 use crate::delivery::{Engine, Wakers};
-use crate::destinations::{self, Destination};
+use crate::destinations::Destination;
 use crate::http::{self, AppState};
 use crate::ingest::Ingestor;
 use crate::resync::Resyncs;
@@ -84,7 +84,7 @@ impl Reloader {
         let destinations = config
             .destinations
             .iter()
-            .map(destinations::build)
+            .map(|d| d.build())
             .collect::<anyhow::Result<Vec<Arc<dyn Destination>>>>()?;
         Ok(self.engine.reload(destinations))
     }
@@ -100,7 +100,7 @@ pub async fn start(
     let destinations = config
         .destinations
         .iter()
-        .map(destinations::build)
+        .map(|d| d.build())
         .collect::<anyhow::Result<Vec<Arc<dyn Destination>>>>()?;
     start_with(config, listener, store, destinations).await
 }
@@ -114,7 +114,7 @@ pub async fn start_with(
     let metrics = crate::metrics::install();
     let catalog = Catalog::new(
         store
-            .register_audiences(Catalog::defs_from_config(&config))
+            .register_audiences(config.audience_defs())
             .await?,
     );
     let wakers = Wakers::new(destinations.iter().map(|d| d.name()));

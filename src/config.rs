@@ -12,9 +12,11 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::audiences::{AudienceDef, AudienceMode};
 use crate::destinations::{
-    DeliveryOverrides, DeliverySettings, DestinationKind, MapConfig, Mapping,
+    DeliveryOverrides, DeliverySettings, Destination, DestinationKind, MapConfig, Mapping,
 };
+use crate::secret::Secret;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,25 +149,6 @@ pub struct CustomerIoConfig {
     pub app_api_max_attempts: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AudienceMode {
-    /// Exits remove members from destinations.
-    #[default]
-    Mirror,
-    /// Never remove (Meta refuses removals on small audiences).
-    Additive,
-}
-
-impl AudienceMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AudienceMode::Mirror => "mirror",
-            AudienceMode::Additive => "additive",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AudienceConfig {
@@ -270,6 +253,13 @@ impl DestinationEntry {
         p
     }
 
+    /// The running destination this table describes.
+    pub fn build(&self) -> anyhow::Result<std::sync::Arc<dyn Destination>> {
+        self.platform
+            .kind()
+            .build(self.name.clone(), self.delivery())
+    }
+
     /// The mapping for an audience whose sync target says `target`.
     pub fn mapping(&self, target: &MapConfig) -> Result<Mapping, Vec<String>> {
         let kind = self.platform.kind();
@@ -300,63 +290,6 @@ impl DestinationConfig {
     pub fn type_name(&self) -> &'static str {
         self.kind().type_name()
     }
-}
-
-/// A secret value. Written as `${ENV_VAR}` it is read from the environment
-/// when the config loads. Never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq, Serialize)]
-#[serde(into = "String")]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<Secret> for String {
-    fn from(_: Secret) -> String {
-        // Serializing a config never writes the secret back out.
-        "***".into()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        expand_env(&raw)
-            .map(Secret)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// Replaces every `${NAME}` with the environment variable NAME.
-pub fn expand_env(raw: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated ${{…}} in {raw:?}"))?;
-        let name = &after[..end];
-        let value =
-            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 fn default_listen() -> SocketAddr {
@@ -558,6 +491,20 @@ impl Config {
 
     pub fn audience(&self, name: &str) -> Option<&AudienceConfig> {
         self.audiences.iter().find(|a| a.name == name)
+    }
+
+    /// The audiences as the store and the engine see them, ids unset (0).
+    pub fn audience_defs(&self) -> Vec<AudienceDef> {
+        self.audiences
+            .iter()
+            .map(|a| AudienceDef {
+                id: 0,
+                name: a.name.clone(),
+                segment_id: a.segment_id as i64,
+                mode: a.mode,
+                destinations: a.sync.iter().map(|s| s.destination.clone()).collect(),
+            })
+            .collect()
     }
 
     pub fn destination(&self, name: &str) -> Option<&DestinationEntry> {

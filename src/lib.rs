@@ -15,6 +15,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod normalization;
 pub mod outbound;
+pub mod person;
 pub mod resync;
+pub mod secret;
 pub mod simulate;
 pub mod store;

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{AudienceMode, Config};
+use super::AudienceMode;
 
 /// An audience as the store and the engine see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,21 +23,6 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Definitions from config, ids still unset (0).
-    pub fn defs_from_config(config: &Config) -> Vec<AudienceDef> {
-        config
-            .audiences
-            .iter()
-            .map(|a| AudienceDef {
-                id: 0,
-                name: a.name.clone(),
-                segment_id: a.segment_id as i64,
-                mode: a.mode,
-                destinations: a.sync.iter().map(|s| s.destination.clone()).collect(),
-            })
-            .collect()
-    }
-
     pub fn new(defs: Vec<AudienceDef>) -> Self {
         let audiences: Vec<_> = defs.into_iter().map(Arc::new).collect();
         let mut by_segment: HashMap<i64, Vec<Arc<AudienceDef>>> = HashMap::new();

@@ -3,6 +3,8 @@
 
 mod catalog;
 pub mod membership;
+mod mode;
 
 pub use catalog::{AudienceDef, Catalog};
+pub use mode::{AudienceMode, SyncOp};
 pub use membership::{decide, effective_current, Decision, Source, Stamp};

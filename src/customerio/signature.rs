@@ -6,7 +6,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::audiences::AudienceDef;
-use crate::config::DestinationEntry;
-use crate::store::{PersonRecord, SyncOp};
+use crate::audiences::SyncOp;
+use crate::person::PersonRecord;
 
 /// One row of a batch the platform refused on its own (the rest were
 /// stored): `index` is its position in the `people` slice sent.
@@ -231,10 +231,3 @@ pub trait DestinationKind {
     ) -> anyhow::Result<Arc<dyn Destination>>;
 }
 
-/// Builds the destination a config entry describes.
-pub fn build(entry: &DestinationEntry) -> anyhow::Result<Arc<dyn Destination>> {
-    entry
-        .platform
-        .kind()
-        .build(entry.name.clone(), entry.delivery())
-}

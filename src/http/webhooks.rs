@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::customerio::refusal::{PayloadError, RefusalReason};
 use crate::customerio::{contains_unrendered_liquid, reporting, segment, signature};
 use crate::identity::Identifiers;

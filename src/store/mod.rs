@@ -16,6 +16,9 @@ use serde_json::{Map, Value};
 
 pub use sqlite::SqliteStore;
 
+pub use crate::audiences::SyncOp;
+pub use crate::person::PersonRecord;
+
 use crate::audiences::AudienceDef;
 use crate::customerio::reporting::ReportingEvent;
 use crate::customerio::segment::SegmentEvent;
@@ -76,17 +79,6 @@ pub struct AudienceOutcome {
     pub outcome: &'static str,
     #[serde(skip)]
     pub destinations_touched: Vec<String>,
-}
-
-/// An identity record as a destination needs it.
-#[derive(Debug, Clone, Default)]
-pub struct PersonRecord {
-    pub person_id: i64,
-    pub customer_id: Option<String>,
-    pub cio_id: Option<String>,
-    pub email: Option<String>,
-    pub phone: Option<String>,
-    pub attributes: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -166,33 +158,6 @@ pub struct PersonView {
     pub memberships: Vec<MembershipView>,
     pub history: Vec<HistoryEntry>,
     pub sync: Vec<SyncStateView>,
-}
-
-/// add (desired in) or remove (desired out).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncOp {
-    Add,
-    Remove,
-}
-
-impl SyncOp {
-    pub fn from_desired(desired: bool) -> Self {
-        if desired {
-            SyncOp::Add
-        } else {
-            SyncOp::Remove
-        }
-    }
-    pub fn desired(self) -> bool {
-        self == SyncOp::Add
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncOp::Add => "add",
-            SyncOp::Remove => "remove",
-        }
-    }
 }
 
 /// One claimed row of delivery work.

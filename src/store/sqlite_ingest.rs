@@ -13,7 +13,7 @@ use super::people::{People, PersonRow};
 use super::sqlite::set_desired;
 use super::{AudienceOutcome, IngestCommand, IngestOutcome, Result};
 use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
-use crate::config::AudienceMode;
+use crate::audiences::AudienceMode;
 use crate::customerio::reporting::SubscriptionChange;
 use crate::identity::{Identifiers, UnusableReason};
 

@@ -11,7 +11,7 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use super::sqlite::{ids_json, set_desired};
 use super::{Result, SnapshotDiff, SnapshotJob};
 use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
-use crate::config::AudienceMode;
+use crate::audiences::AudienceMode;
 use crate::identity::Identifiers;
 
 /// Rows per transaction: short enough that webhooks never wait long.

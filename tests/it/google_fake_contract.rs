@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use koala::audiences::AudienceDef;
-use koala::config::Secret;
+use koala::secret::Secret;
 use koala::destinations::google_customer_match::{
     Consent, ConsentStatus, GoogleConfig, GoogleDestination, GoogleKey, DELIVERY,
 };

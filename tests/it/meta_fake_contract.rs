@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use koala::audiences::AudienceDef;
-use koala::config::Secret;
+use koala::secret::Secret;
 use koala::destinations::meta::{MetaConfig, MetaDestination, DELIVERY};
 use koala::destinations::{DeliverySettings, Destination, Mapping, SendOutcome, SendTarget};
 use koala::store::{PersonRecord, SyncOp};

@@ -933,3 +933,28 @@ async fn a_replace_does_not_wait_for_pending_lookups_and_phones_follow_once() {
     }
     app.stop().await;
 }
+
+/// A token rotated by a config reload (SIGHUP) is what a full replace
+/// uses: the replace goes through the engine's running destination, not a
+/// copy built from the startup config.
+#[tokio::test]
+async fn a_replace_uses_the_destination_as_last_reloaded() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let app = TestApp::start_with(&replace_config(&api, &meta, "")).await;
+    connected(&app, &meta, &[], &["u1"]).await;
+    api.set_segment(CART_SEGMENT as u64, "cart", vec![member("u1")]);
+    // Meta now wants a new token, and the reloaded config carries it.
+    meta.set_token("a-rotated-token");
+    let rotated = replace_config(&api, &meta, "")
+        .replace(crate::support::fake_meta::FAKE_META_TOKEN, "a-rotated-token");
+    let config = koala::config::Config::from_toml(&rotated).unwrap();
+    let taken = app.app.as_ref().unwrap().reloader().reload(&config).unwrap();
+    assert_eq!(taken, ["meta"]);
+    let job = resync(&app, "?replace=meta").await;
+    let done = finished(&app, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    assert_eq!(done["replaced"][0]["done"], true, "{done}");
+    assert_eq!(meta.replace_requests().len(), 1);
+    app.stop().await;
+}

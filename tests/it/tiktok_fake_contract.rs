@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use koala::audiences::AudienceDef;
-use koala::config::Secret;
+use koala::secret::Secret;
 use koala::destinations::tiktok_audiences::{TiktokConfig, TiktokDestination, DELIVERY};
 use koala::destinations::{Destination, SendOutcome, SendTarget};
 use koala::normalization::sha256_hex;

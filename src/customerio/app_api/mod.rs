@@ -24,7 +24,8 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::backoff::Backoff;
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::secret::Secret;
 use crate::outbound::{self, StatusClass};
 
 pub use error::AppApiError;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::destinations::{DeliverySettings, FieldSpec, FieldType};
 
 /// Data Manager's limit on audience members in one ingest/remove request.

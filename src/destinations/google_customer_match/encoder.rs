@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::config::{ConsentStatus, GoogleKey, FIELDS, MAX_IDENTIFIERS_PER_MEMBER};
 use crate::destinations::Mapping;
 use crate::normalization::{google as norm, sha256_hex};
-use crate::store::PersonRecord;
+use crate::person::PersonRecord;
 
 /// One audience member. Holds hashes: never log it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -30,7 +30,8 @@ pub use quota::next_pacific_midnight;
 pub use status::Verdict;
 
 use super::{DeliverySettings, Destination, SendOutcome, SendTarget, UNMATCHED};
-use crate::store::{PersonRecord, SyncOp};
+use crate::audiences::SyncOp;
+use crate::person::PersonRecord;
 use request::Endpoints;
 use service::Service;
 use status::{Tracked, Tracker};
@@ -321,7 +322,7 @@ impl super::DestinationKind for GoogleConfig {
 mod tests {
     use super::*;
     use crate::audiences::AudienceDef;
-    use crate::config::Secret;
+    use crate::secret::Secret;
 
     fn config() -> GoogleConfig {
         let mut c = GoogleConfig::new(

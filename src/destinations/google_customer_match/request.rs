@@ -8,7 +8,7 @@ use url::Url;
 
 use super::config::{Account, Consent, TermsStatus};
 use super::encoder::Member;
-use crate::store::SyncOp;
+use crate::audiences::SyncOp;
 
 /// A POST ready to send. `body` holds hashes: never log it.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use url::Url;
 use super::quota::{next_pacific_midnight, quota_window, QuotaWindow};
 use super::request::GoogleRequest;
 use super::token::TokenSource;
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::destinations::SendOutcome;
 
 pub struct Service {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::store::SyncOp;
+use crate::audiences::SyncOp;
 
 /// How many errors are kept for the admin API.
 pub const KEPT_NOTES: usize = 10;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::destinations::SendOutcome;
 
 pub struct TokenSource {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::destinations::{DeliverySettings, FieldSpec, FieldType};
 
 /// Meta's hard limit on rows in one `/users` request.
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(m.access_token.expose(), "EAAB-secret");
         assert_eq!(m.ad_account_number(), Some("1234567890"));
         assert_eq!(m.identifiers.len(), 13);
-        let p = crate::store::PersonRecord {
+        let p = crate::person::PersonRecord {
             attributes: serde_json::json!({"firstName": "Ann", "birthday": "1990-01-02", "last_name": "Lee", "city": "Oslo"})
                 .as_object()
                 .unwrap()

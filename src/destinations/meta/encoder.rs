@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::config::MetaKey;
 use crate::destinations::Mapping;
 use crate::normalization::{meta as norm, sha256_hex};
-use crate::store::PersonRecord;
+use crate::person::PersonRecord;
 
 /// `payload` of a `/users` request. `data` holds hashes and customer ids:
 /// never log it.

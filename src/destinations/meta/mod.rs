@@ -18,7 +18,8 @@ pub use service::Service;
 
 use super::{DeliverySettings, Destination, ReplaceSession, SendOutcome, SendTarget, UNMATCHED};
 use crate::audiences::AudienceDef;
-use crate::store::{PersonRecord, SyncOp};
+use crate::audiences::SyncOp;
+use crate::person::PersonRecord;
 
 pub struct MetaDestination {
     name: String,
@@ -246,7 +247,7 @@ impl super::DestinationKind for MetaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
     use crate::destinations::Mapping;
     use std::time::Duration;
 

@@ -8,7 +8,7 @@ use url::Url;
 use super::config::CustomerFileSource;
 use super::encoder::Payload;
 use crate::destinations::ReplaceSession;
-use crate::store::SyncOp;
+use crate::audiences::SyncOp;
 
 /// A request ready to send. `body` is serialized JSON and may hold hashes:
 /// never log it.

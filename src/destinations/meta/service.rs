@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::request::MetaRequest;
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::destinations::SendOutcome;
 use crate::outbound::{self, Answer, StatusClass};
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::destinations::{DeliverySettings, FieldSpec};
 use crate::normalization::tiktok::PhoneFormat;
 

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::config::TiktokKey;
 use crate::normalization::sha256_hex;
 use crate::normalization::tiktok::{self as norm, PhoneFormat};
-use crate::store::PersonRecord;
+use crate::person::PersonRecord;
 
 #[derive(Debug, Clone)]
 pub struct Encoder {

@@ -19,7 +19,8 @@ pub use service::CodeTable;
 
 use super::{DeliverySettings, Destination, SendOutcome, SendTarget, UNMATCHED};
 use crate::audiences::AudienceDef;
-use crate::store::{PersonRecord, SyncOp};
+use crate::audiences::SyncOp;
+use crate::person::PersonRecord;
 use request::Endpoints;
 use service::Service;
 
@@ -189,7 +190,7 @@ impl super::DestinationKind for TiktokConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::secret::Secret;
 
     #[tokio::test]
     async fn unaddressable_people_are_unmatched_without_a_request() {

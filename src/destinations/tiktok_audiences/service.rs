@@ -9,7 +9,7 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
 use super::request::TiktokRequest;
-use crate::config::Secret;
+use crate::secret::Secret;
 use crate::destinations::SendOutcome;
 
 /// What a non-zero `code` means.
