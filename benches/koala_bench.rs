@@ -1600,13 +1600,13 @@ fn report_batch(report: &mut Report, load: &BatchLoad, calls: &[usize], tally: &
 
 // ---------------------------------------------------------------- 4: resync
 
-/// HOOK(resync): full resync of segment 42 from the fake App API, against
-/// the contract being built: `POST /v1/audiences/{name}/resync` → 202
-/// `{"id":…}`, then `GET /v1/resyncs/{id}` → `{"phase": "done"|"failed"|…,
-/// "members_seen": N, …}`. Until koala serves it (404), prints "resync: not
-/// yet available". A fresh koala per size keeps VmHWM meaningful; koala has
-/// no destination here, so this is the App API → store path alone. Then
-/// the two runs with phone lookups (`bench_enrich`, `bench_enrich_replace`).
+/// Full resync of segment 42 from the fake App API: `POST
+/// /v1/audiences/{name}/resync` → 202 `{"id":…}`, then `GET /v1/resyncs/{id}`
+/// until its phase is `done` or `failed` (a koala without the endpoint, 404,
+/// is reported as "not yet available"). A fresh koala per size keeps VmHWM
+/// meaningful; koala has no destination here, so this is the App API →
+/// store path alone. Then the two runs with phone lookups (`bench_enrich`,
+/// `bench_enrich_replace`).
 async fn bench_resync(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     eprintln!("== resync");
     let runs = &ctx.opts.resync_runs;

@@ -51,7 +51,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://path/to/file.db` (embedded). PostgreSQL comes later.
+    /// `sqlite://path/to/file.db` (embedded). A PostgreSQL store is not
+    /// built yet; `postgres://…` passes validation and is refused at start.
     #[serde(default = "default_store_url")]
     pub url: String,
 }
