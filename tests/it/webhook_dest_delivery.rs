@@ -229,3 +229,53 @@ async fn webhook_dest_email_and_phone_only_with_include_pii() {
     assert!(m.get("phone").is_some());
     app.stop().await;
 }
+
+/// `koala check` validates both new types without sending anything: a
+/// plain-http url, undecodable secrets (never printed), an empty directory.
+#[tokio::test]
+async fn webhook_dest_check_names_the_problems_of_webhook_and_file_tables() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let text = base_config(&format!(
+        r#"
+[[destinations]]
+name = "hook"
+type = "webhook"
+url = "{}"
+secrets = ["whsec_not*base64", "plain-secret-value"]
+
+[[destinations]]
+name = "files"
+type = "file"
+directory = ""
+"#,
+        rx.url()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("koala.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    for p in [
+        "url: must be https",
+        "secrets[0]: the part after",
+        "secrets[1]: must start with",
+        "directory: must not be empty",
+    ] {
+        assert!(all.contains(p), "{p} missing:\n{all}");
+    }
+    assert!(
+        !all.contains("plain-secret-value") && !all.contains("not*base64"),
+        "{all}"
+    );
+    assert!(rx.deliveries().is_empty() && rx.rejected().is_empty());
+}
