@@ -59,8 +59,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode};
 use indicatif::{ProgressBar, ProgressStyle};
-use koala::secret::Secret;
 use koala::customerio::signature::{sign, verify};
+use koala::secret::Secret;
 use serde_json::{json, Value};
 
 use fake_app_api::{FakeAppApi, FAKE_APP_API_KEY};

@@ -112,11 +112,7 @@ pub async fn start_with(
     destinations: Vec<Arc<dyn Destination>>,
 ) -> anyhow::Result<RunningApp> {
     let metrics = crate::metrics::install();
-    let catalog = Catalog::new(
-        store
-            .register_audiences(config.audience_defs())
-            .await?,
-    );
+    let catalog = Catalog::new(store.register_audiences(config.audience_defs()).await?);
     let wakers = Wakers::new(destinations.iter().map(|d| d.name()));
     let profile_destinations: std::collections::HashSet<String> = destinations
         .iter()

@@ -276,6 +276,8 @@ pub enum DestinationConfig {
     MetaCustomAudiences(crate::destinations::meta::MetaConfig),
     GoogleCustomerMatch(crate::destinations::google_customer_match::GoogleConfig),
     TiktokAudiences(crate::destinations::tiktok_audiences::TiktokConfig),
+    Webhook(crate::destinations::webhook::WebhookConfig),
+    File(crate::destinations::file::FileConfig),
 }
 
 impl DestinationConfig {
@@ -285,6 +287,8 @@ impl DestinationConfig {
             DestinationConfig::MetaCustomAudiences(c) => c,
             DestinationConfig::GoogleCustomerMatch(c) => c,
             DestinationConfig::TiktokAudiences(c) => c,
+            DestinationConfig::Webhook(c) => c,
+            DestinationConfig::File(c) => c,
         }
     }
 

@@ -9,7 +9,7 @@ use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{Config, DestinationConfig};
 use crate::customerio::signature::sign;
 
 pub struct Options {
@@ -142,8 +142,121 @@ pub async fn run(config: &Config, opts: Options) -> anyhow::Result<()> {
             d["paused"]
         );
     }
+    for entry in file_destinations(config, &audience.name) {
+        wait_until_delivered(&http, &base, config, &audience.name, &entry.0).await;
+        print_members_file(&entry.1, &audience.name);
+    }
     println!("try: curl -s {base}/v1/people/sim-{run_id}-0 -H 'Authorization: Bearer …'");
     Ok(())
+}
+
+/// The `file` destinations `audience` syncs to: (name, directory).
+fn file_destinations(config: &Config, audience: &str) -> Vec<(String, String)> {
+    let Some(a) = config.audience(audience) else {
+        return Vec::new();
+    };
+    a.sync
+        .iter()
+        .filter_map(|s| {
+            let d = config
+                .destinations
+                .iter()
+                .find(|d| d.name == s.destination)?;
+            match &d.platform {
+                DestinationConfig::File(f) => Some((d.name.clone(), f.directory.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Waits (at most 15 s) until nothing is pending for `destination`.
+async fn wait_until_delivered(
+    http: &reqwest::Client,
+    base: &str,
+    config: &Config,
+    audience: &str,
+    destination: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let a: Option<Value> = match http
+            .get(format!("{base}/v1/audiences/{audience}"))
+            .bearer_auth(config.server.admin_token.expose())
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        let done = a.as_ref().is_some_and(|a| {
+            a["destinations"].as_array().into_iter().flatten().any(|d| {
+                d["destination"] == destination
+                    && d["pending_adds"] == 0
+                    && d["pending_removes"] == 0
+                    && d["in_flight"].as_i64().unwrap_or(0) == 0
+            })
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the file destination holds: the count and a few masked examples.
+fn print_members_file(directory: &str, audience: &str) {
+    let path = std::path::Path::new(directory).join(format!(
+        "{}.members.json",
+        crate::destinations::file::config::file_stem(audience)
+    ));
+    let doc: Value = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        Err(e) => {
+            println!("  ⇒ {}: not readable yet ({e})", path.display());
+            return;
+        }
+    };
+    let members = doc["members"].as_array().cloned().unwrap_or_default();
+    println!("  ⇒ {} holds {} members", path.display(), members.len());
+    for m in members.iter().take(3) {
+        println!(
+            "      {} email {} phone {}",
+            m["id"].as_str().or(m["cio_id"].as_str()).unwrap_or("?"),
+            m["email"]
+                .as_str()
+                .map(mask_email)
+                .unwrap_or_else(|| "-".into()),
+            m["phone"]
+                .as_str()
+                .map(mask_phone)
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+}
+
+/// `s***@example.com`.
+fn mask_email(e: &str) -> String {
+    match e.split_once('@') {
+        Some((local, domain)) => {
+            let first: String = local.chars().take(1).collect();
+            format!("{first}***@{domain}")
+        }
+        None => "***".into(),
+    }
+}
+
+/// `***0100`.
+fn mask_phone(p: &str) -> String {
+    let tail: String = p
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("***{tail}")
 }
 
 /// A body as the README's Liquid template renders it. Every third person
@@ -166,4 +279,16 @@ fn event(segment: u64, run: &str, i: usize, action: &str, at: i64) -> Value {
         "identifiers": { "id": format!("sim-{run}-{i}"), "cio_id": "", "email": email, "phone": phone },
         "attributes": { "first_name": "Sim", "plan": if i.is_multiple_of(2) { "gold" } else { "basic" } },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn examples_are_masked() {
+        assert_eq!(mask_email("sim-1-0@example.com"), "s***@example.com");
+        assert_eq!(mask_email("nope"), "***");
+        assert_eq!(mask_phone("+14155550100"), "***0100");
+    }
 }

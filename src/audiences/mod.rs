@@ -6,5 +6,5 @@ pub mod membership;
 mod mode;
 
 pub use catalog::{AudienceDef, Catalog};
-pub use mode::{AudienceMode, SyncOp};
 pub use membership::{decide, effective_current, Decision, Source, Stamp};
+pub use mode::{AudienceMode, SyncOp};

@@ -3,11 +3,13 @@
 //! request, sends it, and classifies the answer; the engine owns batching,
 //! limits, retries, dead letters and pausing.
 
+pub mod file;
 pub mod google_customer_match;
 pub mod mapping;
 pub mod meta;
 mod settings;
 pub mod tiktok_audiences;
+pub mod webhook;
 
 pub use mapping::{FieldSpec, FieldType, MapConfig, Mapping};
 pub use settings::{DeliveryOverrides, DeliverySettings};
@@ -230,4 +232,3 @@ pub trait DestinationKind {
         delivery: DeliverySettings,
     ) -> anyhow::Result<Arc<dyn Destination>>;
 }
-

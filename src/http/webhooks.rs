@@ -11,10 +11,10 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
-use crate::secret::Secret;
 use crate::customerio::refusal::{PayloadError, RefusalReason};
 use crate::customerio::{contains_unrendered_liquid, reporting, segment, signature};
 use crate::identity::Identifiers;
+use crate::secret::Secret;
 use crate::store::{IngestCommand, IngestOutcome};
 
 const SEGMENTS: &str = "segments";

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use koala::secret::Secret;
 use koala::customerio::app_api::{AppApiClient, AppApiError, IdType, Member, RetryPolicy};
+use koala::secret::Secret;
 
 use crate::support::fake_app_api::{FakeAppApi, FakeMember, FAKE_APP_API_KEY, FAKE_RATE_LIMIT};
 

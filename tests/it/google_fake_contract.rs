@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use koala::audiences::AudienceDef;
-use koala::secret::Secret;
 use koala::destinations::google_customer_match::{
     Consent, ConsentStatus, GoogleConfig, GoogleDestination, GoogleKey, DELIVERY,
 };
 use koala::destinations::{Destination, SendOutcome, SendTarget};
 use koala::normalization::sha256_hex;
+use koala::secret::Secret;
 use koala::store::{PersonRecord, SyncOp};
 use serde_json::{json, Value};
 

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use koala::audiences::AudienceDef;
-use koala::secret::Secret;
 use koala::destinations::meta::{MetaConfig, MetaDestination, DELIVERY};
 use koala::destinations::{DeliverySettings, Destination, Mapping, SendOutcome, SendTarget};
+use koala::secret::Secret;
 use koala::store::{PersonRecord, SyncOp};
 use serde_json::{json, Value};
 

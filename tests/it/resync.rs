@@ -946,10 +946,18 @@ async fn a_replace_uses_the_destination_as_last_reloaded() {
     api.set_segment(CART_SEGMENT as u64, "cart", vec![member("u1")]);
     // Meta now wants a new token, and the reloaded config carries it.
     meta.set_token("a-rotated-token");
-    let rotated = replace_config(&api, &meta, "")
-        .replace(crate::support::fake_meta::FAKE_META_TOKEN, "a-rotated-token");
+    let rotated = replace_config(&api, &meta, "").replace(
+        crate::support::fake_meta::FAKE_META_TOKEN,
+        "a-rotated-token",
+    );
     let config = koala::config::Config::from_toml(&rotated).unwrap();
-    let taken = app.app.as_ref().unwrap().reloader().reload(&config).unwrap();
+    let taken = app
+        .app
+        .as_ref()
+        .unwrap()
+        .reloader()
+        .reload(&config)
+        .unwrap();
     assert_eq!(taken, ["meta"]);
     let job = resync(&app, "?replace=meta").await;
     let done = finished(&app, job["id"].as_str().unwrap()).await;

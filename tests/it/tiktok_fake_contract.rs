@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use koala::audiences::AudienceDef;
-use koala::secret::Secret;
 use koala::destinations::tiktok_audiences::{TiktokConfig, TiktokDestination, DELIVERY};
 use koala::destinations::{Destination, SendOutcome, SendTarget};
 use koala::normalization::sha256_hex;
 use koala::normalization::tiktok::PhoneFormat;
+use koala::secret::Secret;
 use koala::store::{PersonRecord, SyncOp};
 use serde_json::{json, Value};
 

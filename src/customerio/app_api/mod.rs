@@ -25,8 +25,8 @@ use url::Url;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::secret::Secret;
 use crate::outbound::{self, StatusClass};
+use crate::secret::Secret;
 
 pub use error::AppApiError;
 pub use model::{

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
 use crate::destinations::{DeliverySettings, FieldSpec, FieldType};
+use crate::secret::Secret;
 
 /// Data Manager's limit on audience members in one ingest/remove request.
 pub const MAX_MEMBERS_PER_REQUEST: usize = 10_000;

@@ -16,8 +16,8 @@ use url::Url;
 use super::quota::{next_pacific_midnight, quota_window, QuotaWindow};
 use super::request::GoogleRequest;
 use super::token::TokenSource;
-use crate::secret::Secret;
 use crate::destinations::SendOutcome;
+use crate::secret::Secret;
 
 pub struct Service {
     client: reqwest::Client,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::secret::Secret;
 use crate::destinations::SendOutcome;
+use crate::secret::Secret;
 
 pub struct TokenSource {
     client: reqwest::Client,

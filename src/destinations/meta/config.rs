@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
 use crate::destinations::{DeliverySettings, FieldSpec, FieldType};
+use crate::secret::Secret;
 
 /// Meta's hard limit on rows in one `/users` request.
 pub const MAX_ROWS_PER_REQUEST: usize = 10_000;

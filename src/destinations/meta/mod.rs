@@ -247,8 +247,8 @@ impl super::DestinationKind for MetaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
     use crate::destinations::Mapping;
+    use crate::secret::Secret;
     use std::time::Duration;
 
     #[test]

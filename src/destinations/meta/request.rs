@@ -7,8 +7,8 @@ use url::Url;
 
 use super::config::CustomerFileSource;
 use super::encoder::Payload;
-use crate::destinations::ReplaceSession;
 use crate::audiences::SyncOp;
+use crate::destinations::ReplaceSession;
 
 /// A request ready to send. `body` is serialized JSON and may hold hashes:
 /// never log it.

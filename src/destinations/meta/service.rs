@@ -8,9 +8,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::request::MetaRequest;
-use crate::secret::Secret;
 use crate::destinations::SendOutcome;
 use crate::outbound::{self, Answer, StatusClass};
+use crate::secret::Secret;
 
 /// Throttles: retry after a pause.
 const THROTTLE_CODES: &[i64] = &[4, 17, 32, 341, 368, 613, 80003, 80004];

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
 use crate::destinations::{DeliverySettings, FieldSpec};
 use crate::normalization::tiktok::PhoneFormat;
+use crate::secret::Secret;
 
 /// The most rows koala allows in one `/segment/mapping/` request.
 /// TikTok's own limit is UNCONFIRMED; see `max_batch`.

@@ -9,8 +9,8 @@ use reqwest::header::CONTENT_TYPE;
 use serde_json::Value;
 
 use super::request::TiktokRequest;
-use crate::secret::Secret;
 use crate::destinations::SendOutcome;
+use crate::secret::Secret;
 
 /// What a non-zero `code` means.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,281 @@
+//! The signed webhook destination through the real app against a Standard
+//! Webhooks receiver that verifies signatures: entries and exits arrive,
+//! a retried batch carries the same webhook-id, throttles retry, 410
+//! pauses, 400 dead-letters, two secrets verify during rotation, email
+//! and phone travel only with include_pii. First, the receiver itself.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::app::*;
+use crate::support::fake_webhook_receiver::*;
+use crate::support::wait::until;
+
+const T0: i64 = 1_750_000_000;
+const LONG: Duration = Duration::from_secs(30);
+
+fn config(rx: &FakeWebhookReceiver, secrets: &[&str], extra: &str) -> String {
+    base_config("")
+        + &rx.destination_toml("hook", secrets, extra)
+        + &cart_audience(r#"{ destination = "hook" }"#, "mirror")
+}
+
+async fn post(rx: &FakeWebhookReceiver, id: &str, ts: i64, sig: &str, body: &str) -> u16 {
+    reqwest::Client::new()
+        .post(rx.url())
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn webhook_dest_the_fake_receiver_verifies_rejects_stale_and_dedupes() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let body = json!({"type": "audience.members_added", "audience": {"name": "A"},
+                      "members": [{"id": "u1", "cio_id": null, "attributes": {}}]})
+    .to_string();
+    let now = chrono::Utc::now().timestamp();
+    let good = sign(SECRET, "msg_1", now, body.as_bytes());
+    assert_eq!(post(&rx, "msg_1", now, "v1,AAAA", &body).await, 401);
+    assert_eq!(
+        post(
+            &rx,
+            "msg_1",
+            now,
+            &sign(NEW_SECRET, "msg_1", now, body.as_bytes()),
+            &body
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        post(&rx, "msg_1", now, &good, &format!("{body} ")).await,
+        401,
+        "a changed body"
+    );
+    let stale = now - 301;
+    assert_eq!(
+        post(
+            &rx,
+            "msg_1",
+            stale,
+            &sign(SECRET, "msg_1", stale, body.as_bytes()),
+            &body
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        post(&rx, "msg_1", now, &format!("v1,other {good}"), &body).await,
+        204
+    );
+    assert_eq!(post(&rx, "msg_1", now, &good, &body).await, 200);
+    assert_eq!(rx.duplicates(), 1);
+    assert_eq!(rx.members("A").len(), 1);
+    assert_eq!(rx.rejected().len(), 4);
+}
+
+#[tokio::test]
+async fn webhook_dest_entries_and_exits_reach_the_receiver_signed() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "map = { plan = \"plan\" }")).await;
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    app.segment_event(CART_SEGMENT, "u2", "entered", T0).await;
+    until("u1 and u2 added", LONG, || async {
+        rx.members(CART).len() == 2
+    })
+    .await;
+    app.segment_event(CART_SEGMENT, "u1", "exited", T0 + 60)
+        .await;
+    until("u1 removed", LONG, || async {
+        rx.members(CART).iter().eq(["u2"].iter())
+    })
+    .await;
+    let d = rx.deliveries();
+    assert!(rx.rejected().is_empty(), "{:?}", rx.rejected());
+    assert!(d
+        .iter()
+        .all(|d| d.id.starts_with("msg_") && d.verified_by == [0]));
+    let last = &d.last().unwrap().body;
+    assert_eq!(last["type"], "audience.members_removed");
+    assert_eq!(last["audience"]["name"], CART);
+    assert_eq!(last["audience"]["segment_id"], CART_SEGMENT);
+    assert_eq!(last["audience"]["platform_audience_id"], CART);
+    assert!(last["sent_at"].as_str().unwrap().ends_with('Z'));
+    let u2 = rx.member(CART, "u2").unwrap();
+    assert_eq!(u2["cio_id"], "ciou2");
+    assert_eq!(u2["attributes"], json!({"plan": "gold"}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_dest_a_retried_batch_carries_the_same_webhook_id() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "")).await;
+    // Applied, but the answer is a 503: koala must send the same rows again
+    // under the same id, which the receiver recognises and ignores.
+    rx.push_after_applying(503);
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("the retry arrived", LONG, || async { rx.duplicates() == 1 }).await;
+    let d = rx.deliveries();
+    assert_eq!(d.len(), 2);
+    assert_eq!(d[0].id, d[1].id);
+    assert_eq!((d[0].status, d[1].status), (503, 200));
+    assert!(d[1].duplicate);
+    assert_eq!(rx.members(CART).len(), 1);
+    until("acknowledged", LONG, || async {
+        app.audience(CART).await["destinations"][0]["acknowledged_members"] == 1
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_dest_a_throttle_is_retried_after_retry_after() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "")).await;
+    rx.push(429, Some(0));
+    rx.push(503, None);
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("u1 added", LONG, || async { rx.members(CART).len() == 1 }).await;
+    let statuses: Vec<u16> = rx.deliveries().iter().map(|d| d.status).collect();
+    assert_eq!(statuses, [429, 503, 204]);
+    assert_eq!(rx.duplicates(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_dest_410_gone_pauses_the_destination() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "")).await;
+    rx.push(410, None);
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("paused", LONG, || async {
+        let (_, d) = app.admin_get("/v1/destinations").await;
+        d["destinations"][0]["status"]["paused"] == true
+    })
+    .await;
+    let (_, d) = app.admin_get("/v1/destinations").await;
+    let reason = d["destinations"][0]["status"]["paused_reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("410 Gone"), "{reason}");
+    assert!(!reason.contains("u1"), "{reason}");
+    assert!(rx.members(CART).is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_dest_a_400_dead_letters_the_row() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "")).await;
+    rx.push(400, None);
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("u1 dead-lettered", LONG, || async {
+        app.audience(CART).await["destinations"][0]["dead_letters"] == 1
+    })
+    .await;
+    let (_, dead) = app.admin_get("/v1/dead-letters?destination=hook").await;
+    assert!(dead["dead_letters"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("HTTP 400"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_dest_both_secrets_verify_during_rotation() {
+    // The receiver already knows both; koala signs with both.
+    let rx = FakeWebhookReceiver::start(&[SECRET, NEW_SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET, NEW_SECRET], "")).await;
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("u1 added", LONG, || async { rx.members(CART).len() == 1 }).await;
+    assert_eq!(rx.deliveries()[0].verified_by, [0, 1]);
+    app.stop().await;
+    // A receiver that has moved on to the new secret alone still verifies.
+    let rx = FakeWebhookReceiver::start(&[NEW_SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET, NEW_SECRET], "")).await;
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("u1 added", LONG, || async { rx.members(CART).len() == 1 }).await;
+    assert!(rx.rejected().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_dest_email_and_phone_only_with_include_pii() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "")).await;
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("u1 added", LONG, || async { rx.members(CART).len() == 1 }).await;
+    let m = rx.member(CART, "u1").unwrap();
+    assert!(m.get("email").is_none() && m.get("phone").is_none(), "{m}");
+    assert!(!rx.deliveries()[0].body.to_string().contains("@example.com"));
+    app.stop().await;
+
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "include_pii = true")).await;
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("u1 added", LONG, || async { rx.members(CART).len() == 1 }).await;
+    let m = rx.member(CART, "u1").unwrap();
+    assert_eq!(m["email"], "u1@example.com");
+    assert!(m.get("phone").is_some());
+    app.stop().await;
+}
+
+/// `koala check` validates both new types without sending anything: a
+/// plain-http url, undecodable secrets (never printed), an empty directory.
+#[tokio::test]
+async fn webhook_dest_check_names_the_problems_of_webhook_and_file_tables() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let text = base_config(&format!(
+        r#"
+[[destinations]]
+name = "hook"
+type = "webhook"
+url = "{}"
+secrets = ["whsec_not*base64", "plain-secret-value"]
+
+[[destinations]]
+name = "files"
+type = "file"
+directory = ""
+"#,
+        rx.url()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("koala.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    for p in [
+        "url: must be https",
+        "secrets[0]: the part after",
+        "secrets[1]: must start with",
+        "directory: must not be empty",
+    ] {
+        assert!(all.contains(p), "{p} missing:\n{all}");
+    }
+    assert!(
+        !all.contains("plain-secret-value") && !all.contains("not*base64"),
+        "{all}"
+    );
+    assert!(rx.deliveries().is_empty() && rx.rejected().is_empty());
+}
