@@ -206,9 +206,9 @@ pub trait Destination: Send + Sync + 'static {
 }
 
 /// A destination type as its config table describes it: what the engine
-/// and `koala check` need to know of it. Each type's config implements it
-/// in its own folder; registering a type is one variant of
-/// [`DestinationConfig`] and its arm in [`DestinationConfig::kind`].
+/// and `koala check` need to know of it. Implemented for every
+/// [`DestinationType`]; registering a type is one variant of
+/// `config::DestinationConfig` and its arm in `DestinationConfig::kind`.
 pub trait DestinationKind {
     /// The `type` key's value.
     fn type_name(&self) -> &'static str;
@@ -220,9 +220,7 @@ pub trait DestinationKind {
     fn fields(&self) -> &'static [FieldSpec];
     /// True for platforms that take fields they do not declare (analytics,
     /// warehouses); ad platforms take only their own.
-    fn takes_any_field(&self) -> bool {
-        false
-    }
+    fn takes_any_field(&self) -> bool;
     /// Problems of the platform keys, each starting with its key.
     fn problems(&self) -> Vec<String>;
     /// The running destination.
@@ -231,4 +229,53 @@ pub trait DestinationKind {
         name: String,
         delivery: DeliverySettings,
     ) -> anyhow::Result<Arc<dyn Destination>>;
+}
+
+/// What a destination type declares, in its own folder: its `type` name,
+/// engine defaults, batch limit, mapping fields, config checks and how it
+/// starts.
+pub trait DestinationType: Clone {
+    const TYPE_NAME: &'static str;
+    const DELIVERY: DeliverySettings;
+    /// Most rows the platform takes in one request.
+    const MAX_BATCH: usize;
+    const FIELDS: &'static [FieldSpec];
+    /// True for platforms that take fields they do not declare.
+    const TAKES_ANY_FIELD: bool = false;
+    type Running: Destination;
+    /// Problems of the platform keys, each starting with its key.
+    fn check(&self) -> Vec<String>;
+    fn start(
+        name: String,
+        config: Self,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<Self::Running>;
+}
+
+impl<T: DestinationType> DestinationKind for T {
+    fn type_name(&self) -> &'static str {
+        T::TYPE_NAME
+    }
+    fn delivery_defaults(&self) -> DeliverySettings {
+        T::DELIVERY
+    }
+    fn max_batch_limit(&self) -> usize {
+        T::MAX_BATCH
+    }
+    fn fields(&self) -> &'static [FieldSpec] {
+        T::FIELDS
+    }
+    fn takes_any_field(&self) -> bool {
+        T::TAKES_ANY_FIELD
+    }
+    fn problems(&self) -> Vec<String> {
+        self.check()
+    }
+    fn build(
+        &self,
+        name: String,
+        delivery: DeliverySettings,
+    ) -> anyhow::Result<Arc<dyn Destination>> {
+        Ok(Arc::new(T::start(name, self.clone(), delivery)?))
+    }
 }

@@ -4,9 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use koala::customerio::segment::{SegmentAction, SegmentEvent};
-use koala::identity::Identifiers;
-use koala::store::IngestCommand;
+use koala::customerio::segment::SegmentAction;
 use serde_json::json;
 
 use crate::support::app::*;
@@ -33,50 +31,6 @@ fn config(fake: &FakeMeta, dest_extra: &str, mode: &str) -> String {
 
 fn ids(range: std::ops::Range<usize>) -> BTreeSet<String> {
     range.map(|i| format!("p{i}")).collect()
-}
-
-/// Commits many segment changes straight through the store (the same
-/// transaction code the webhook path uses), then wakes the engine.
-async fn bulk_changes(
-    app: &TestApp,
-    range: std::ops::Range<usize>,
-    action: SegmentAction,
-    at: i64,
-) {
-    let state = app.app.as_ref().unwrap().state();
-    let audiences = state.catalog.for_segment(CART_SEGMENT).to_vec();
-    let people: Vec<usize> = range.collect();
-    for chunk in people.chunks(1000) {
-        let commands: Vec<_> = chunk
-            .iter()
-            .map(|i| IngestCommand::Segment {
-                event: SegmentEvent {
-                    segment_id: CART_SEGMENT,
-                    action,
-                    occurred_at_ms: at * 1000,
-                    identifiers: Identifiers::new(
-                        Some(&format!("p{i}")),
-                        None,
-                        Some(&format!("p{i}@example.com")),
-                        None,
-                    )
-                    .unwrap(),
-                    attributes: Default::default(),
-                    campaign_id: None,
-                },
-                audiences: audiences.clone(),
-            })
-            .collect();
-        for r in state
-            .store
-            .apply_batch(&commands, koala::store::now_ms())
-            .await
-            .unwrap()
-        {
-            r.unwrap();
-        }
-    }
-    state.engine.wake_all();
 }
 
 #[tokio::test]

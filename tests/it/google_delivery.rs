@@ -6,10 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use koala::customerio::segment::{SegmentAction, SegmentEvent};
-use koala::identity::Identifiers;
+use koala::customerio::segment::SegmentAction;
 use koala::normalization::sha256_hex;
-use koala::store::IngestCommand;
 use serde_json::json;
 
 use crate::support::app::*;
@@ -34,50 +32,6 @@ fn hashes(range: std::ops::Range<usize>) -> BTreeSet<String> {
     range
         .map(|i| sha256_hex(&format!("p{i}@example.com")))
         .collect()
-}
-
-/// Commits many segment changes straight through the store (the webhook
-/// path's transaction code), then wakes the engine.
-pub(crate) async fn bulk_changes(
-    app: &TestApp,
-    range: std::ops::Range<usize>,
-    action: SegmentAction,
-    at: i64,
-) {
-    let state = app.app.as_ref().unwrap().state();
-    let audiences = state.catalog.for_segment(CART_SEGMENT).to_vec();
-    let people: Vec<usize> = range.collect();
-    for chunk in people.chunks(1000) {
-        let commands: Vec<_> = chunk
-            .iter()
-            .map(|i| IngestCommand::Segment {
-                event: SegmentEvent {
-                    segment_id: CART_SEGMENT,
-                    action,
-                    occurred_at_ms: at * 1000,
-                    identifiers: Identifiers::new(
-                        Some(&format!("p{i}")),
-                        None,
-                        Some(&format!("p{i}@example.com")),
-                        None,
-                    )
-                    .unwrap(),
-                    attributes: Default::default(),
-                    campaign_id: None,
-                },
-                audiences: audiences.clone(),
-            })
-            .collect();
-        for r in state
-            .store
-            .apply_batch(&commands, koala::store::now_ms())
-            .await
-            .unwrap()
-        {
-            r.unwrap();
-        }
-    }
-    state.engine.wake_all();
 }
 
 async fn destination_status(app: &TestApp) -> serde_json::Value {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use koala::customerio::segment::SegmentAction;
 use koala::normalization::sha256_hex;
 
-use crate::google_delivery::bulk_changes;
 use crate::support::app::*;
 use crate::support::fake_tiktok::*;
 use crate::support::wait::until;

@@ -137,36 +137,23 @@ impl Destination for FileDestination {
     }
 }
 
-impl super::DestinationKind for FileConfig {
-    fn type_name(&self) -> &'static str {
-        "file"
-    }
+impl super::DestinationType for FileConfig {
+    const TYPE_NAME: &'static str = "file";
+    const DELIVERY: DeliverySettings = DELIVERY;
+    const MAX_BATCH: usize = config::MAX_ROWS_LIMIT;
+    const FIELDS: &'static [super::FieldSpec] = config::FIELDS;
+    const TAKES_ANY_FIELD: bool = true;
+    type Running = FileDestination;
 
-    fn delivery_defaults(&self) -> DeliverySettings {
-        DELIVERY
-    }
-
-    fn max_batch_limit(&self) -> usize {
-        config::MAX_ROWS_LIMIT
-    }
-
-    fn fields(&self) -> &'static [super::FieldSpec] {
-        config::FIELDS
-    }
-
-    fn takes_any_field(&self) -> bool {
-        true
-    }
-
-    fn problems(&self) -> Vec<String> {
+    fn check(&self) -> Vec<String> {
         FileConfig::problems(self)
     }
 
-    fn build(
-        &self,
+    fn start(
         name: String,
+        config: Self,
         delivery: DeliverySettings,
-    ) -> anyhow::Result<Arc<dyn Destination>> {
-        Ok(Arc::new(FileDestination::new(name, self.clone(), delivery)))
+    ) -> anyhow::Result<Self::Running> {
+        Ok(FileDestination::new(name, config, delivery))
     }
 }

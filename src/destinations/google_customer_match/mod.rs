@@ -284,37 +284,23 @@ impl Destination for GoogleDestination {
     }
 }
 
-impl super::DestinationKind for GoogleConfig {
-    fn type_name(&self) -> &'static str {
-        "google_customer_match"
-    }
+impl super::DestinationType for GoogleConfig {
+    const TYPE_NAME: &'static str = "google_customer_match";
+    const DELIVERY: DeliverySettings = DELIVERY;
+    const MAX_BATCH: usize = MAX_MEMBERS_PER_REQUEST;
+    const FIELDS: &'static [super::FieldSpec] = FIELDS;
+    type Running = GoogleDestination;
 
-    fn delivery_defaults(&self) -> DeliverySettings {
-        DELIVERY
-    }
-
-    fn max_batch_limit(&self) -> usize {
-        MAX_MEMBERS_PER_REQUEST
-    }
-
-    fn fields(&self) -> &'static [super::FieldSpec] {
-        FIELDS
-    }
-
-    fn problems(&self) -> Vec<String> {
+    fn check(&self) -> Vec<String> {
         GoogleConfig::problems(self)
     }
 
-    fn build(
-        &self,
+    fn start(
         name: String,
+        config: Self,
         delivery: DeliverySettings,
-    ) -> anyhow::Result<std::sync::Arc<dyn Destination>> {
-        Ok(std::sync::Arc::new(GoogleDestination::new(
-            name,
-            self.clone(),
-            delivery,
-        )?))
+    ) -> anyhow::Result<Self::Running> {
+        GoogleDestination::new(name, config, delivery)
     }
 }
 

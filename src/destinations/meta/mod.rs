@@ -210,37 +210,23 @@ impl Destination for MetaDestination {
     }
 }
 
-impl super::DestinationKind for MetaConfig {
-    fn type_name(&self) -> &'static str {
-        "meta_custom_audiences"
-    }
+impl super::DestinationType for MetaConfig {
+    const TYPE_NAME: &'static str = "meta_custom_audiences";
+    const DELIVERY: DeliverySettings = DELIVERY;
+    const MAX_BATCH: usize = MAX_ROWS_PER_REQUEST;
+    const FIELDS: &'static [super::FieldSpec] = FIELDS;
+    type Running = MetaDestination;
 
-    fn delivery_defaults(&self) -> DeliverySettings {
-        DELIVERY
-    }
-
-    fn max_batch_limit(&self) -> usize {
-        MAX_ROWS_PER_REQUEST
-    }
-
-    fn fields(&self) -> &'static [super::FieldSpec] {
-        FIELDS
-    }
-
-    fn problems(&self) -> Vec<String> {
+    fn check(&self) -> Vec<String> {
         MetaConfig::problems(self)
     }
 
-    fn build(
-        &self,
+    fn start(
         name: String,
+        config: Self,
         delivery: DeliverySettings,
-    ) -> anyhow::Result<std::sync::Arc<dyn Destination>> {
-        Ok(std::sync::Arc::new(MetaDestination::new(
-            name,
-            self.clone(),
-            delivery,
-        )?))
+    ) -> anyhow::Result<Self::Running> {
+        MetaDestination::new(name, config, delivery)
     }
 }
 

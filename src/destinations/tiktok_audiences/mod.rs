@@ -153,37 +153,23 @@ impl Destination for TiktokDestination {
     }
 }
 
-impl super::DestinationKind for TiktokConfig {
-    fn type_name(&self) -> &'static str {
-        "tiktok_audiences"
-    }
+impl super::DestinationType for TiktokConfig {
+    const TYPE_NAME: &'static str = "tiktok_audiences";
+    const DELIVERY: DeliverySettings = DELIVERY;
+    const MAX_BATCH: usize = MAX_ROWS_LIMIT;
+    const FIELDS: &'static [super::FieldSpec] = FIELDS;
+    type Running = TiktokDestination;
 
-    fn delivery_defaults(&self) -> DeliverySettings {
-        DELIVERY
-    }
-
-    fn max_batch_limit(&self) -> usize {
-        MAX_ROWS_LIMIT
-    }
-
-    fn fields(&self) -> &'static [super::FieldSpec] {
-        FIELDS
-    }
-
-    fn problems(&self) -> Vec<String> {
+    fn check(&self) -> Vec<String> {
         TiktokConfig::problems(self)
     }
 
-    fn build(
-        &self,
+    fn start(
         name: String,
+        config: Self,
         delivery: DeliverySettings,
-    ) -> anyhow::Result<std::sync::Arc<dyn Destination>> {
-        Ok(std::sync::Arc::new(TiktokDestination::new(
-            name,
-            self.clone(),
-            delivery,
-        )?))
+    ) -> anyhow::Result<Self::Running> {
+        TiktokDestination::new(name, config, delivery)
     }
 }
 

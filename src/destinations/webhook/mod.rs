@@ -129,40 +129,23 @@ impl Destination for WebhookDestination {
     }
 }
 
-impl super::DestinationKind for WebhookConfig {
-    fn type_name(&self) -> &'static str {
-        "webhook"
-    }
+impl super::DestinationType for WebhookConfig {
+    const TYPE_NAME: &'static str = "webhook";
+    const DELIVERY: DeliverySettings = DELIVERY;
+    const MAX_BATCH: usize = config::MAX_MEMBERS_LIMIT;
+    const FIELDS: &'static [super::FieldSpec] = config::FIELDS;
+    const TAKES_ANY_FIELD: bool = true;
+    type Running = WebhookDestination;
 
-    fn delivery_defaults(&self) -> DeliverySettings {
-        DELIVERY
-    }
-
-    fn max_batch_limit(&self) -> usize {
-        config::MAX_MEMBERS_LIMIT
-    }
-
-    fn fields(&self) -> &'static [super::FieldSpec] {
-        config::FIELDS
-    }
-
-    fn takes_any_field(&self) -> bool {
-        true
-    }
-
-    fn problems(&self) -> Vec<String> {
+    fn check(&self) -> Vec<String> {
         WebhookConfig::problems(self)
     }
 
-    fn build(
-        &self,
+    fn start(
         name: String,
+        config: Self,
         delivery: DeliverySettings,
-    ) -> anyhow::Result<std::sync::Arc<dyn Destination>> {
-        Ok(std::sync::Arc::new(WebhookDestination::new(
-            name,
-            self.clone(),
-            delivery,
-        )?))
+    ) -> anyhow::Result<Self::Running> {
+        WebhookDestination::new(name, config, delivery)
     }
 }

@@ -278,3 +278,48 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Commits changes of people `p{i}` (id `p{i}`, email `p{i}@example.com`)
+/// straight through the store — the same transaction code the webhook path
+/// uses — then wakes the engine.
+pub async fn bulk_changes(
+    app: &TestApp,
+    range: std::ops::Range<usize>,
+    action: koala::customerio::segment::SegmentAction,
+    at: i64,
+) {
+    let state = app.app.as_ref().unwrap().state();
+    let audiences = state.catalog.for_segment(CART_SEGMENT).to_vec();
+    let people: Vec<usize> = range.collect();
+    for chunk in people.chunks(1000) {
+        let commands: Vec<_> = chunk
+            .iter()
+            .map(|i| koala::store::IngestCommand::Segment {
+                event: koala::customerio::segment::SegmentEvent {
+                    segment_id: CART_SEGMENT,
+                    action,
+                    occurred_at_ms: at * 1000,
+                    identifiers: koala::identity::Identifiers::new(
+                        Some(&format!("p{i}")),
+                        None,
+                        Some(&format!("p{i}@example.com")),
+                        None,
+                    )
+                    .unwrap(),
+                    attributes: Default::default(),
+                    campaign_id: None,
+                },
+                audiences: audiences.clone(),
+            })
+            .collect();
+        for r in state
+            .store
+            .apply_batch(&commands, koala::store::now_ms())
+            .await
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+    state.engine.wake_all();
+}
