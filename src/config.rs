@@ -560,6 +560,23 @@ impl Config {
     }
 }
 
+/// The one `[[destinations]]` table `table` holds, parsed inside a minimal
+/// valid config (for the destination types' config tests).
+#[cfg(test)]
+pub(crate) fn parse_destination(table: &str) -> Result<DestinationEntry, Vec<String>> {
+    let base = r#"
+        [server]
+        admin_token = "0123456789abcdef"
+        [customerio]
+        webhook_signing_keys = ["k1"]
+    "#;
+    let c = Config::from_toml(&format!("{base}\n{table}")).map_err(|e| e.0)?;
+    Ok(c.destinations
+        .into_iter()
+        .next()
+        .expect("a [[destinations]] table"))
+}
+
 fn describe_figment_error(e: figment::Error) -> String {
     let path = e.path.join(".");
     let kind = e.kind.to_string();

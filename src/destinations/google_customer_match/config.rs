@@ -300,15 +300,8 @@ fn default_token_margin() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, DestinationConfig};
+    use crate::config::DestinationConfig;
     use crate::destinations::Mapping;
-
-    const BASE: &str = r#"
-        [server]
-        admin_token = "0123456789abcdef"
-        [customerio]
-        webhook_signing_keys = ["k1"]
-    "#;
 
     const MINIMAL: &str = r#"
         [[destinations]]
@@ -322,8 +315,7 @@ mod tests {
     "#;
 
     fn google(text: &str) -> Result<(GoogleConfig, DeliverySettings, Mapping), Vec<String>> {
-        let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
-        let entry = c.destinations.into_iter().next().expect("a destination");
+        let entry = crate::config::parse_destination(text)?;
         let delivery = entry.delivery();
         let mapping = entry.mapping(&Default::default()).unwrap();
         match entry.platform {

@@ -231,21 +231,13 @@ fn default_identifiers() -> Vec<MetaKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, DestinationConfig};
+    use crate::config::DestinationConfig;
     use crate::destinations::Mapping;
-
-    const BASE: &str = r#"
-        [server]
-        admin_token = "0123456789abcdef"
-        [customerio]
-        webhook_signing_keys = ["k1"]
-    "#;
 
     /// The platform config and the resolved engine settings of the
     /// one destination in `text`.
     fn meta(text: &str) -> Result<(MetaConfig, DeliverySettings, Mapping), Vec<String>> {
-        let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
-        let entry = c.destinations.into_iter().next().expect("a destination");
+        let entry = crate::config::parse_destination(text)?;
         let delivery = entry.delivery();
         let mapping = entry.mapping(&Default::default()).unwrap();
         match entry.platform {

@@ -139,18 +139,10 @@ fn default_auth_codes() -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, DestinationConfig};
-
-    const BASE: &str = r#"
-        [server]
-        admin_token = "0123456789abcdef"
-        [customerio]
-        webhook_signing_keys = ["k1"]
-    "#;
+    use crate::config::DestinationConfig;
 
     fn tiktok(text: &str) -> Result<(TiktokConfig, DeliverySettings), Vec<String>> {
-        let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
-        let entry = c.destinations.into_iter().next().expect("a destination");
+        let entry = crate::config::parse_destination(text)?;
         let delivery = entry.delivery();
         match entry.platform {
             DestinationConfig::TiktokAudiences(t) => Ok((t, delivery)),

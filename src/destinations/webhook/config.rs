@@ -116,20 +116,13 @@ pub fn decode_secret(s: &Secret) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Config, DestinationConfig};
+    use crate::config::DestinationConfig;
 
-    const BASE: &str = r#"
-        [server]
-        admin_token = "0123456789abcdef"
-        [customerio]
-        webhook_signing_keys = ["k1"]
-    "#;
     // base64 of the 33 bytes "koala-test-webhook-key-0123456789".
     pub const SECRET: &str = "whsec_a29hbGEtdGVzdC13ZWJob29rLWtleS0wMTIzNDU2Nzg5";
 
     fn webhook(text: &str) -> Result<(WebhookConfig, Vec<String>), Vec<String>> {
-        let c = Config::from_toml(&format!("{BASE}\n{text}")).map_err(|e| e.0)?;
-        let entry = c.destinations.into_iter().next().expect("a destination");
+        let entry = crate::config::parse_destination(text)?;
         let problems = entry.problems();
         match entry.platform {
             DestinationConfig::Webhook(w) => Ok((w, problems)),
