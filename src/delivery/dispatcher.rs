@@ -185,12 +185,14 @@ impl Dispatcher {
                     .get(&batch.audience_id)
                     .cloned()
                     .unwrap_or_default();
+                let records: Vec<_> = people.iter().map(|i| i.person.clone()).collect();
+                let changed_at: Vec<i64> = people.iter().map(|i| i.desired_at).collect();
                 let target = SendTarget {
                     audience: &audience,
                     platform_audience_id: &external,
                     mapping: &mapping,
+                    changed_at: &changed_at,
                 };
-                let records: Vec<_> = people.iter().map(|i| i.person.clone()).collect();
                 self.send_finding_bad_rows(dest.as_ref(), &target, batch.op, &records)
                     .await
             }
@@ -226,7 +228,11 @@ impl Dispatcher {
             metrics::histogram!("koala_destination_batch_size", "destination" => name.clone(), "op" => op.as_str())
                 .record(range.len() as f64);
             let started = Instant::now();
-            let outcome = dest.send(target, op, &people[range.clone()]).await;
+            let part = SendTarget {
+                changed_at: target.changed_at.get(range.clone()).unwrap_or_default(),
+                ..*target
+            };
+            let outcome = dest.send(&part, op, &people[range.clone()]).await;
             metrics::histogram!("koala_destination_request_seconds", "destination" => name.clone(), "outcome" => outcome.class())
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("koala_destination_requests_total", "destination" => name.clone(), "op" => op.as_str(), "outcome" => outcome.class())

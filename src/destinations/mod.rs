@@ -40,6 +40,22 @@ pub struct SendTarget<'a> {
     pub platform_audience_id: &'a str,
     /// Which attributes feed which platform fields, for this audience.
     pub mapping: &'a Mapping,
+    /// Customer.io's event time (ms) of each person's change, aligned with
+    /// the `people` sent; empty when there is none (a full replace). Lets a
+    /// platform name a change deterministically (an idempotency key that a
+    /// retry repeats and a later change does not).
+    pub changed_at: &'a [i64],
+}
+
+impl SendTarget<'_> {
+    /// person id → change time, for the people sent with this target.
+    pub fn change_times(&self, people: &[PersonRecord]) -> std::collections::HashMap<i64, i64> {
+        people
+            .iter()
+            .zip(self.changed_at)
+            .map(|(p, at)| (p.person_id, *at))
+            .collect()
+    }
 }
 
 /// How a destination answered a batch.

@@ -464,6 +464,7 @@ impl Run {
                     audience,
                     platform_audience_id: &platform_id,
                     mapping: &target.mapping,
+                    changed_at: &[],
                 };
                 match dest.send_replace(&send_target, &session, &current).await {
                     SendOutcome::RetryLater { after, reason } if attempt < REPLACE_ATTEMPTS => {

@@ -112,6 +112,7 @@ async fn file_dest_a_retried_batch_changes_nothing() {
         audience: &def,
         platform_audience_id: CART,
         mapping: &mapping,
+        changed_at: &[],
     };
     let people: Vec<PersonRecord> = (1..=3)
         .map(|i| PersonRecord {

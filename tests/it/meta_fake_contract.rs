@@ -53,6 +53,7 @@ async fn send_to(
         audience: &def,
         platform_audience_id,
         mapping: &mapping,
+        changed_at: &[],
     };
     d.send(&target, op, people).await
 }

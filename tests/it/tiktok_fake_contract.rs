@@ -50,6 +50,7 @@ async fn send(d: &TiktokDestination, op: SyncOp, people: &[PersonRecord]) -> Sen
         audience: &def,
         platform_audience_id: AUDIENCE,
         mapping: &mapping,
+        changed_at: &[],
     };
     d.send(&target, op, people).await
 }

@@ -337,6 +337,7 @@ mod tests {
             audience: &def,
             platform_audience_id: "555",
             mapping: &mapping,
+            changed_at: &[],
         };
         assert_eq!(
             d.send(&target, SyncOp::Add, &[PersonRecord::default()])

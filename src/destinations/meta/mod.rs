@@ -282,6 +282,7 @@ mod tests {
             audience: &def,
             platform_audience_id: "1",
             mapping: &mapping,
+            changed_at: &[],
         };
         let out = d
             .send(&target, SyncOp::Add, &[PersonRecord::default()])
@@ -318,6 +319,7 @@ mod tests {
             audience: &def,
             platform_audience_id: "1",
             mapping: &mapping,
+            changed_at: &[],
         };
         assert_eq!(
             d.send_replace(&target, &session, &[PersonRecord::default()])

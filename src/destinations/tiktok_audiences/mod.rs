@@ -195,6 +195,7 @@ mod tests {
             audience: &def,
             platform_audience_id: "9",
             mapping: &mapping,
+            changed_at: &[],
         };
         assert_eq!(
             d.send(&target, SyncOp::Add, &[PersonRecord::default()])

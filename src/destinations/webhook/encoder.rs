@@ -79,9 +79,9 @@ pub fn content(
 }
 
 /// The `webhook-id`: `msg_` + the first 16 bytes (hex) of SHA-256 over the
-/// destination name, the koala person ids (sorted) and the content
-/// without `sent_at` (type = op, audience, members with their mapped
-/// values).
+/// destination name, the koala person ids (sorted) with the Customer.io
+/// time of each one's change, and the content without `sent_at` (type =
+/// op, audience, members with their mapped values).
 ///
 /// Why derived and not random: the engine retries a failed batch with the
 /// same rows, and a receiver must be able to recognise the retry of a
@@ -89,23 +89,30 @@ pub fn content(
 /// Webhooks receivers dedupe on `webhook-id`. A random id per attempt
 /// would defeat that; an id stored per batch would need the store. The
 /// same rows with the same content give the same id on every attempt and
-/// after a restart. Limitation: the `Destination` trait hands over people
-/// without their change time, so a person who leaves and comes back with
-/// identical attributes yields an add with the same id as their earlier
-/// add; receivers should dedupe within a window (Standard Webhooks'
-/// 5-minute timestamp tolerance) rather than forever.
+/// after a restart; a person who leaves and comes back with identical
+/// attributes is a new change (a later time), so a new id.
 pub fn webhook_id(
     destination: &str,
     people: &[PersonRecord],
+    changed_at: &std::collections::HashMap<i64, i64>,
     content: &Map<String, Value>,
 ) -> String {
-    let mut ids: Vec<i64> = people.iter().map(|p| p.person_id).collect();
+    let mut ids: Vec<(i64, i64)> = people
+        .iter()
+        .map(|p| {
+            (
+                p.person_id,
+                changed_at.get(&p.person_id).copied().unwrap_or(0),
+            )
+        })
+        .collect();
     ids.sort_unstable();
     let mut h = Sha256::new();
     h.update(destination.as_bytes());
     h.update([0]);
-    for id in ids {
+    for (id, at) in ids {
         h.update(id.to_be_bytes());
+        h.update(at.to_be_bytes());
     }
     h.update([0]);
     h.update(serde_json::to_vec(content).expect("serializable"));
@@ -164,6 +171,7 @@ mod tests {
             audience: &def,
             platform_audience_id: "CIO__Cart",
             mapping: &mapping,
+            changed_at: &[],
         };
         for pii in [false, true] {
             let mut body = content(&target, SyncOp::Add, &[person(2), person(1)], "hook", pii);
@@ -241,9 +249,16 @@ mod tests {
             audience: &def,
             platform_audience_id: "CIO__Cart",
             mapping: &mapping,
+            changed_at: &[],
         };
+        let none = std::collections::HashMap::new();
         let id = |op, people: &[PersonRecord]| {
-            webhook_id("hook", people, &content(&target, op, people, "hook", false))
+            webhook_id(
+                "hook",
+                people,
+                &none,
+                &content(&target, op, people, "hook", false),
+            )
         };
         let a = id(SyncOp::Add, &[person(1), person(2)]);
         assert!(a.starts_with("msg_") && a.len() == 36, "{a}");
@@ -253,5 +268,28 @@ mod tests {
         let mut changed = person(2);
         changed.attributes.insert("plan".into(), json!("basic"));
         assert_ne!(a, id(SyncOp::Add, &[person(1), changed]));
+        // The same person and content, changed again later: a new id.
+        let people = [person(1)];
+        let at = |t: i64| std::collections::HashMap::from([(1, t)]);
+        let first = webhook_id(
+            "hook",
+            &people,
+            &at(10),
+            &content(&target, SyncOp::Add, &people, "hook", false),
+        );
+        let again = webhook_id(
+            "hook",
+            &people,
+            &at(10),
+            &content(&target, SyncOp::Add, &people, "hook", false),
+        );
+        let later = webhook_id(
+            "hook",
+            &people,
+            &at(99),
+            &content(&target, SyncOp::Add, &people, "hook", false),
+        );
+        assert_eq!(first, again);
+        assert_ne!(first, later);
     }
 }

@@ -101,9 +101,10 @@ impl Destination for WebhookDestination {
             };
         }
         let mut received = invalid;
+        let changed_at = target.change_times(people);
         for chunk in sendable.chunks(self.delivery.max_batch.max(1)) {
             let mut body = encoder::content(target, op, chunk, &self.name, self.include_pii);
-            let id = encoder::webhook_id(&self.name, chunk, &body);
+            let id = encoder::webhook_id(&self.name, chunk, &changed_at, &body);
             let now = chrono::Utc::now();
             body.insert(
                 "sent_at".into(),
