@@ -277,6 +277,7 @@ pub enum DestinationConfig {
     GoogleCustomerMatch(crate::destinations::google_customer_match::GoogleConfig),
     TiktokAudiences(crate::destinations::tiktok_audiences::TiktokConfig),
     Webhook(crate::destinations::webhook::WebhookConfig),
+    Segment(crate::destinations::segment::SegmentConfig),
     File(crate::destinations::file::FileConfig),
 }
 
@@ -288,6 +289,7 @@ impl DestinationConfig {
             DestinationConfig::GoogleCustomerMatch(c) => c,
             DestinationConfig::TiktokAudiences(c) => c,
             DestinationConfig::Webhook(c) => c,
+            DestinationConfig::Segment(c) => c,
             DestinationConfig::File(c) => c,
         }
     }

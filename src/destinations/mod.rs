@@ -7,6 +7,7 @@ pub mod file;
 pub mod google_customer_match;
 pub mod mapping;
 pub mod meta;
+pub mod segment;
 mod settings;
 pub mod tiktok_audiences;
 pub mod webhook;
