@@ -19,6 +19,7 @@ mod mapping;
 mod meta_fake_contract;
 mod openapi;
 mod resync;
+mod segment_delivery;
 mod tiktok_delivery;
 mod tiktok_fake_contract;
 mod webhook_dest_delivery;
