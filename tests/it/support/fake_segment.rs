@@ -4,7 +4,9 @@
 //! user with the colon (`base64("{key}:")`) or, in Jitsu mode, as
 //! `X-Write-Key` (else 401); only `POST /v1/batch` (else 404); a JSON body
 //! `{"batch": […]}` (else 400); at most 500 KB and 2,500 events a request,
-//! each event at most 32 KB (else 400 for the whole request); each event a
+//! each event at most 32 KB (else 400 for the whole request — stricter than
+//! Segment on the count, which it documents may be answered 200 and
+//! dropped: a violation must fail loudly here); each event a
 //! `track` or `identify` with a `userId` and a `messageId` under 100
 //! characters (else 400). Events are deduped on `messageId` (duplicates
 //! counted, not applied). Per audience key it holds the userIds whose
