@@ -19,30 +19,52 @@ impl AudienceMode {
     }
 }
 
-/// add (desired in) or remove (desired out): the two changes a
-/// destination is sent.
+/// The three kinds of work a destination is sent: add (desired in, not
+/// yet held), remove (desired out), and update (a member it already
+/// holds whose attributes changed). Destinations that keep only
+/// membership (the ad platforms) treat an update as an add again, which
+/// they take idempotently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncOp {
     Add,
     Remove,
+    Update,
 }
 
 impl SyncOp {
-    pub fn from_desired(desired: bool) -> Self {
-        if desired {
-            SyncOp::Add
-        } else {
-            SyncOp::Remove
+    /// The work a pending row asks for: its desired state, and whether the
+    /// destination already acknowledged it in (then only attributes moved).
+    pub fn of_row(desired: bool, acked: Option<bool>) -> Self {
+        match (desired, acked) {
+            (false, _) => SyncOp::Remove,
+            (true, Some(true)) => SyncOp::Update,
+            (true, _) => SyncOp::Add,
         }
     }
+    /// The membership the work leaves the destination holding.
     pub fn desired(self) -> bool {
-        self == SyncOp::Add
+        self != SyncOp::Remove
     }
     pub fn as_str(self) -> &'static str {
         match self {
             SyncOp::Add => "add",
             SyncOp::Remove => "remove",
+            SyncOp::Update => "update",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_already_held_is_an_update() {
+        assert_eq!(SyncOp::of_row(true, None), SyncOp::Add);
+        assert_eq!(SyncOp::of_row(true, Some(false)), SyncOp::Add);
+        assert_eq!(SyncOp::of_row(true, Some(true)), SyncOp::Update);
+        assert_eq!(SyncOp::of_row(false, Some(true)), SyncOp::Remove);
+        assert!(SyncOp::Update.desired());
     }
 }

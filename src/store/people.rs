@@ -32,6 +32,9 @@ pub(crate) struct PersonRow {
     pub is_new: bool,
     /// Changed since loaded.
     pub dirty: bool,
+    /// A stored person's attributes changed: destinations that hold
+    /// attributes are sent an update.
+    pub attributes_changed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -215,6 +218,9 @@ impl People {
             row.profile_at,
             (row.email_unusable, row.phone_unusable),
         );
+        if attrs_changed {
+            row.attributes_changed = true;
+        }
         if before != after || attrs_changed {
             row.dirty = true;
             self.index(i);

@@ -27,6 +27,8 @@ const WRITER_CACHE_KIB: &str = "-16384";
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Destinations that keep attributes (see `Store::set_attribute_holders`).
+    attribute_holders: std::sync::RwLock<Vec<String>>,
 }
 
 impl SqliteStore {
@@ -64,7 +66,11 @@ impl SqliteStore {
                     .pragma("cache_size", READER_CACHE_KIB),
             )
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            attribute_holders: Default::default(),
+        })
     }
 }
 
@@ -156,6 +162,13 @@ impl Store for SqliteStore {
         true
     }
 
+    fn set_attribute_holders(&self, destinations: &[String]) {
+        *self
+            .attribute_holders
+            .write()
+            .expect("attribute holders lock") = destinations.to_vec();
+    }
+
     async fn register_audiences(&self, defs: Vec<AudienceDef>) -> Result<Vec<AudienceDef>> {
         let now = now_ms();
         let mut tx = self.writer.begin().await?;
@@ -184,8 +197,13 @@ impl Store for SqliteStore {
         commands: &[IngestCommand],
         received_at_ms: i64,
     ) -> Result<Vec<Result<IngestOutcome>>> {
+        let holders = self
+            .attribute_holders
+            .read()
+            .expect("attribute holders lock")
+            .clone();
         let mut tx = self.writer.begin().await?;
-        match super::sqlite_ingest::apply_group(&mut tx, commands, received_at_ms).await {
+        match super::sqlite_ingest::apply_group(&mut tx, commands, received_at_ms, &holders).await {
             Ok(outcomes) => {
                 tx.commit().await?;
                 return Ok(outcomes.into_iter().map(Ok).collect());
@@ -205,6 +223,7 @@ impl Store for SqliteStore {
                 &mut sp,
                 std::slice::from_ref(command),
                 received_at_ms,
+                &holders,
             )
             .await
             {
@@ -493,9 +512,10 @@ impl Store for SqliteStore {
         max_rows: usize,
     ) -> Result<Option<WorkBatch>> {
         let mut tx = self.writer.begin().await?;
-        // The group whose oldest due row is oldest goes first.
+        // The group whose oldest due row is oldest goes first. A group is
+        // one audience and one kind of work (SyncOp::of_row).
         let group = sqlx::query(
-            "SELECT audience_id, desired FROM sync_state
+            "SELECT audience_id, desired, acked IS TRUE FROM sync_state
              WHERE destination = $1 AND pending AND dead_reason IS NULL
                AND next_attempt_at <= $2 AND lease_until <= $2
              ORDER BY desired_received_at, sync_id LIMIT 1",
@@ -509,12 +529,14 @@ impl Store for SqliteStore {
         };
         let audience_id: i64 = group.get(0);
         let desired: bool = group.get(1);
+        let held: bool = group.get(2);
         let rows = sqlx::query(&format!(
             "SELECT s.sync_id, s.version, s.desired_at, s.desired_received_at, s.attempts, {PERSON_COLUMNS}
              FROM sync_state s JOIN people p ON p.person_id = s.person_id
              WHERE s.destination = $1 AND s.audience_id = $2 AND s.desired = $3
                AND s.pending AND s.dead_reason IS NULL
                AND s.next_attempt_at <= $4 AND s.lease_until <= $4
+               AND (s.acked IS TRUE) = $6
              ORDER BY s.sync_id LIMIT $5"
         ))
         .bind(destination)
@@ -522,6 +544,7 @@ impl Store for SqliteStore {
         .bind(desired)
         .bind(now_ms)
         .bind(max_rows as i64)
+        .bind(held)
         .fetch_all(&mut *tx)
         .await?;
         let items: Vec<WorkItem> = rows
@@ -545,7 +568,7 @@ impl Store for SqliteStore {
         Ok(Some(WorkBatch {
             destination: destination.to_owned(),
             audience_id,
-            op: SyncOp::from_desired(desired),
+            op: SyncOp::of_row(desired, Some(held)),
             items,
         }))
     }
@@ -642,7 +665,7 @@ impl Store for SqliteStore {
                 audience: r.get(2),
                 person_id: r.get(3),
                 customer_id: r.get(4),
-                op: SyncOp::from_desired(r.get(5)),
+                op: SyncOp::of_row(r.get(5), None),
                 reason: r.get(6),
                 dead_at: r.get(7),
                 attempts: r.get(8),

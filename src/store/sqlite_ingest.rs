@@ -167,6 +167,7 @@ pub(super) async fn apply_group(
     tx: &mut SqliteConnection,
     commands: &[IngestCommand],
     now: i64,
+    attribute_holders: &[String],
 ) -> Result<Vec<IngestOutcome>> {
     // Deliveries seen before, in the store or earlier in this group.
     let keys: Vec<String> = commands.iter().map(dedupe_key).collect();
@@ -453,6 +454,29 @@ pub(super) async fn apply_group(
                 set_desired(tx, &destination, audience_id, &rows, want, now).await?;
             }
         }
+    }
+    // A member whose attributes changed is sent them again by every
+    // destination that keeps attributes: the row becomes pending (an
+    // update when it was acknowledged in, see `SyncOp::of_row`), and its
+    // version moves so a send in flight with the old values is not taken
+    // for this one. A flurry of changes is one pending row.
+    let changed: Vec<i64> = people
+        .rows
+        .iter()
+        .filter(|r| r.attributes_changed && !r.is_new)
+        .map(|r| r.person_id)
+        .collect();
+    if !changed.is_empty() && !attribute_holders.is_empty() {
+        sqlx::query(
+            "UPDATE sync_state SET pending = TRUE, version = version + 1, next_attempt_at = 0, attempts = 0
+             WHERE person_id IN (SELECT value FROM json_each($1))
+               AND destination IN (SELECT value FROM json_each($2))
+               AND desired AND dead_reason IS NULL",
+        )
+        .bind(serde_json::to_string(&changed).expect("ids serialize"))
+        .bind(serde_json::to_string(attribute_holders).expect("names serialize"))
+        .execute(&mut *tx)
+        .await?;
     }
     Ok(outcomes)
 }

@@ -279,3 +279,75 @@ directory = ""
     );
     assert!(rx.deliveries().is_empty() && rx.rejected().is_empty());
 }
+
+/// Attribute updates, the third kind of work: a current member whose
+/// mapped attributes change is sent them as an update — once for a
+/// flurry of changes — while a destination that keeps only membership
+/// (Meta) is not sent anything more.
+#[tokio::test]
+async fn webhook_dest_a_members_changed_attributes_are_sent_as_one_update() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let meta = crate::support::fake_meta::FakeMeta::start().await;
+    let cfg = base_config("")
+        + &rx.destination_toml(
+            "hook",
+            &[SECRET],
+            "map = { lifetime_value = { from = \"ltv\", type = \"number\" } }",
+        )
+        + &meta.destination_toml("meta", "")
+        + &cart_audience(
+            r#"{ destination = "hook" }, { destination = "meta", audience_id = "23850000000000999" }"#,
+            "mirror",
+        );
+    let app = TestApp::start_with(&cfg).await;
+    let enter = |ltv: f64, at: i64| {
+        json!({"segment_id": CART_SEGMENT, "action": "entered", "occurred_at": at,
+               "identifiers": {"id": "u-ltv", "email": "u-ltv@example.com"},
+               "attributes": {"ltv": ltv}})
+    };
+    app.segment_webhook(&enter(10.0, T0)).await;
+    until("added at the receiver", LONG, || async {
+        rx.member(CART, "u-ltv").is_some()
+    })
+    .await;
+    until("meta holds the member", LONG, || async {
+        meta.members("23850000000000999").contains("u-ltv")
+    })
+    .await;
+    let meta_requests = meta.request_count();
+    // A flurry of changes while the receiver is slow to be asked again.
+    rx.push(503, Some(1));
+    for (i, ltv) in [20.0, 30.0, 42.5].iter().enumerate() {
+        app.segment_webhook(&enter(*ltv, T0 + 1 + i as i64)).await;
+    }
+    until("the receiver holds the newest value", LONG, || async {
+        rx.member(CART, "u-ltv")
+            .is_some_and(|m| m["attributes"]["lifetime_value"] == 42.5)
+    })
+    .await;
+    let updates: Vec<_> = rx
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.status < 300 && d.body["type"] == "audience.members_updated")
+        .collect();
+    assert!(
+        (1..=3).contains(&updates.len()),
+        "a flurry coalesces into few updates: {}",
+        updates.len()
+    );
+    assert_eq!(
+        updates.last().unwrap().body["members"][0]["attributes"]["lifetime_value"],
+        42.5
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        meta.request_count(),
+        meta_requests,
+        "meta keeps no attributes"
+    );
+    let d = app.audience(CART).await;
+    for dest in d["destinations"].as_array().unwrap() {
+        assert_eq!(dest["pending_adds"], 0, "{dest}");
+    }
+    app.stop().await;
+}

@@ -62,7 +62,7 @@ pub fn apply(
     let mut lines = Vec::new();
     for (key, m) in changes {
         let changed = match op {
-            SyncOp::Add => {
+            SyncOp::Add | SyncOp::Update => {
                 if members.get(key) == Some(m) {
                     false
                 } else {
@@ -74,10 +74,7 @@ pub fn apply(
         };
         if changed {
             let mut line = Map::new();
-            line.insert(
-                "op".into(),
-                json!(if op == SyncOp::Add { "add" } else { "remove" }),
-            );
+            line.insert("op".into(), json!(op.as_str()));
             line.extend(m.clone());
             line.insert("at".into(), json!(at));
             lines.push(serde_json::to_string(&Value::Object(line)).expect("serializable"));

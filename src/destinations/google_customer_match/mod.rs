@@ -241,7 +241,7 @@ impl Destination for GoogleDestination {
         op: SyncOp,
         people: &[PersonRecord],
     ) -> SendOutcome {
-        let with_consent = op == SyncOp::Add;
+        let with_consent = op.desired();
         let mut received = 0;
         let mut invalid = 0;
         for chunk in people.chunks(MAX_MEMBERS_PER_REQUEST) {

@@ -117,8 +117,10 @@ impl Endpoints {
             login_account: self.login.as_ref().map(account),
             product_destination_id,
         };
+        // An update re-ingests: Customer Match keeps no attributes beyond
+        // the identifiers, and ingesting a member again is idempotent.
         let (method, body) = match op {
-            SyncOp::Add => (
+            SyncOp::Add | SyncOp::Update => (
                 "audienceMembers:ingest",
                 to_json(&IngestBody {
                     destinations: [destination],

@@ -46,7 +46,9 @@ impl Endpoints {
             payload: &'a Payload,
         }
         let method = match op {
-            SyncOp::Add => Method::POST,
+            // An update adds again: Meta keeps only the matching keys, and
+            // an add of a member it holds is idempotent.
+            SyncOp::Add | SyncOp::Update => Method::POST,
             SyncOp::Remove => Method::DELETE,
         };
         MetaRequest {

@@ -45,10 +45,13 @@ pub fn snake_case(name: &str) -> String {
     out
 }
 
-pub fn event_name(op: SyncOp) -> &'static str {
+/// The track event of a membership change; an attribute update is an
+/// `identify` alone (Segment Engage's convention) and has none.
+pub fn event_name(op: SyncOp) -> Option<&'static str> {
     match op {
-        SyncOp::Add => "Audience Entered",
-        SyncOp::Remove => "Audience Exited",
+        SyncOp::Add => Some("Audience Entered"),
+        SyncOp::Remove => Some("Audience Exited"),
+        SyncOp::Update => None,
     }
 }
 
@@ -103,9 +106,9 @@ pub fn events(
     target: &SendTarget<'_>,
     p: &PersonRecord,
     changed_at: i64,
-) -> Result<[Value; 2], String> {
+) -> Result<Vec<Value>, String> {
     let uid = user_id(p, c.user_id)?;
-    let member = matches!(c.op, SyncOp::Add);
+    let member = c.op.desired();
     let mut mapped = Map::new();
     if member {
         for (k, v) in target.mapping.values(p, c.destination) {
@@ -131,12 +134,14 @@ pub fn events(
             ty,
         )
     };
-    let mut track = json!({
-        "type": "track",
-        "event": event_name(c.op),
-        "userId": uid,
-        "messageId": id("track"),
-        "properties": properties,
+    let mut track = event_name(c.op).map(|event| {
+        json!({
+            "type": "track",
+            "event": event,
+            "userId": uid,
+            "messageId": id("track"),
+            "properties": properties,
+        })
     });
     let mut identify = json!({
         "type": "identify",
@@ -145,14 +150,16 @@ pub fn events(
         "traits": traits,
     });
     if let Some(t) = timestamp {
-        track["timestamp"] = json!(t);
+        if let Some(track) = &mut track {
+            track["timestamp"] = json!(t);
+        }
         identify["timestamp"] = json!(t);
     }
-    Ok([track, identify])
+    Ok(track.into_iter().chain([identify]).collect())
 }
 
 /// One person's events as bytes, checked against the per-event limit.
-pub fn serialize(pair: &[Value; 2]) -> Result<Vec<Vec<u8>>, String> {
+pub fn serialize(pair: &[Value]) -> Result<Vec<Vec<u8>>, String> {
     let mut out = Vec::with_capacity(2);
     for e in pair {
         let bytes = serde_json::to_vec(e).expect("serializable");
@@ -281,7 +288,10 @@ mod tests {
             user_id: UserId::Id,
             op: SyncOp::Add,
         };
-        let [track, identify] = events(&c, &target, &person(1), 1_764_579_600_000).unwrap();
+        let [track, identify]: [Value; 2] = events(&c, &target, &person(1), 1_764_579_600_000)
+            .unwrap()
+            .try_into()
+            .unwrap();
         assert_eq!(track["type"], "track");
         assert_eq!(track["event"], "Audience Entered");
         assert_eq!(track["userId"], "u1");
@@ -308,7 +318,10 @@ mod tests {
             op: SyncOp::Remove,
             ..c
         };
-        let [track, identify] = events(&exit, &target, &person(1), 0).unwrap();
+        let [track, identify]: [Value; 2] = events(&exit, &target, &person(1), 0)
+            .unwrap()
+            .try_into()
+            .unwrap();
         assert_eq!(track["event"], "Audience Exited");
         assert!(track.get("timestamp").is_none());
         assert_eq!(

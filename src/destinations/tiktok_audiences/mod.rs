@@ -112,7 +112,7 @@ impl Destination for TiktokDestination {
         people: &[PersonRecord],
     ) -> SendOutcome {
         let action = match op {
-            SyncOp::Add => "add",
+            SyncOp::Add | SyncOp::Update => "add",
             SyncOp::Remove => self.config.remove_action.as_str(),
         };
         let schema = self.encoder.id_schema();

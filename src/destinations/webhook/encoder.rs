@@ -13,6 +13,7 @@ pub fn event_type(op: SyncOp) -> &'static str {
     match op {
         SyncOp::Add => "audience.members_added",
         SyncOp::Remove => "audience.members_removed",
+        SyncOp::Update => "audience.members_updated",
     }
 }
 

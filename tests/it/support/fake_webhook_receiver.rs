@@ -239,6 +239,12 @@ fn apply(s: &mut State_, body: &Value) {
             Some("audience.members_added") => {
                 members.insert(key, m.clone());
             }
+            // An update is of a member the receiver holds: its attributes.
+            Some("audience.members_updated") => {
+                if let Some(held) = members.get_mut(&key) {
+                    *held = m.clone();
+                }
+            }
             Some("audience.members_removed") => {
                 members.remove(&key);
             }
