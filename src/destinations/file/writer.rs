@@ -191,6 +191,21 @@ mod tests {
         assert_eq!(m["members"][0]["attributes"]["plan"], "basic");
         assert_eq!(log.len(), 4);
         assert_eq!(log[3]["op"], "remove");
+        // An attribute update of a present member: an update line, the new value.
+        assert_eq!(
+            apply(
+                &dir,
+                "a",
+                "A",
+                SyncOp::Update,
+                &[member("u1", "platinum")],
+                at
+            ),
+            Ok(1)
+        );
+        let (m, log) = read(&dir);
+        assert_eq!(m["members"][0]["attributes"]["plan"], "platinum");
+        assert_eq!(log[4]["op"], "update");
     }
 
     #[test]

@@ -314,6 +314,17 @@ mod tests {
         let later = events(&c, &target, &person(1), 1_764_579_600_001).unwrap();
         assert_ne!(later[0]["messageId"], track["messageId"]);
 
+        // An attribute update of a current member is an identify alone.
+        let update = Change {
+            op: SyncOp::Update,
+            ..c
+        };
+        let events_of_update = events(&update, &target, &person(1), 1_764_579_600_002).unwrap();
+        assert_eq!(events_of_update.len(), 1);
+        assert_eq!(events_of_update[0]["type"], "identify");
+        assert_eq!(events_of_update[0]["traits"]["lifetime_value"], 12.5);
+        assert_eq!(events_of_update[0]["traits"]["cio_cart_abandon"], true);
+
         let exit = Change {
             op: SyncOp::Remove,
             ..c
