@@ -386,6 +386,10 @@ async fn people_first_seen_in_a_resync_get_their_phone_from_the_app_api() {
     assert_eq!(done["profiles_fetched"], 1);
     let (_, person) = app.admin_get("/v1/people/u5").await;
     assert_eq!(person["identifiers"]["phone"], "+*******0100");
+    // Coverage is kept with every change, the lookup's included.
+    let coverage = &app.audience(CART).await["identifier_coverage"];
+    assert_eq!(coverage["with_phone"], 1, "{coverage}");
+    assert_eq!(coverage["with_email"], 1, "{coverage}");
     let phone_hash = koala::normalization::sha256_hex("14155550100");
     until("Meta has the phone", LONG, || async {
         meta.successful_requests().iter().any(|r| {
