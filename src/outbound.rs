@@ -122,6 +122,21 @@ impl Answer {
     pub fn class(&self) -> StatusClass {
         StatusClass::of(self.status)
     }
+
+    /// `"{who} answered HTTP {status}"`, then at most 200 printable
+    /// characters of what it said: a reason for the operator that holds
+    /// the service's words, never what koala sent.
+    pub fn describe(&self, who: &str) -> String {
+        let said: String = String::from_utf8_lossy(&self.body)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        match said.trim() {
+            "" => format!("{who} answered HTTP {}", self.status),
+            said => format!("{who} answered HTTP {}: {said}", self.status),
+        }
+    }
 }
 
 /// Sends a request and reads its whole answer.

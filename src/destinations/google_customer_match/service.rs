@@ -17,6 +17,7 @@ use super::quota::{next_pacific_midnight, quota_window, QuotaWindow};
 use super::request::GoogleRequest;
 use super::token::TokenSource;
 use crate::destinations::SendOutcome;
+use crate::outbound::{self, Answer};
 use crate::secret::Secret;
 
 pub struct Service {
@@ -25,13 +26,6 @@ pub struct Service {
     /// The Cloud project's mutate quota, shared with other destinations.
     project: Arc<DefaultDirectRateLimiter>,
     daily_quota_pause: Option<Duration>,
-}
-
-/// A status, the Retry-After it carried and its body.
-pub struct Answer {
-    pub status: u16,
-    pub retry_after: Option<Duration>,
-    pub body: bytes::Bytes,
 }
 
 impl Service {
@@ -93,39 +87,23 @@ impl Service {
     }
 
     async fn post(&self, req: &GoogleRequest, tok: Secret) -> Result<Answer, SendOutcome> {
-        let resp = self
+        let request = self
             .client
             .post(req.url.clone())
             .bearer_auth(tok.expose())
             .header(CONTENT_TYPE, "application/json")
-            .body(req.body.clone())
-            .send()
+            .body(req.body.clone());
+        outbound::send(request)
             .await
-            .map_err(|e| network_failure(&e))?;
-        read(resp).await
+            .map_err(|e| SendOutcome::transport("google", &e))
     }
 
     async fn fetch(&self, url: &Url, tok: Secret) -> Result<Answer, SendOutcome> {
-        let resp = self
-            .client
-            .get(url.clone())
-            .bearer_auth(tok.expose())
-            .send()
+        let request = self.client.get(url.clone()).bearer_auth(tok.expose());
+        outbound::send(request)
             .await
-            .map_err(|e| network_failure(&e))?;
-        read(resp).await
+            .map_err(|e| SendOutcome::transport("google", &e))
     }
-}
-
-async fn read(resp: reqwest::Response) -> Result<Answer, SendOutcome> {
-    let status = resp.status().as_u16();
-    let retry_after = crate::outbound::retry_after(resp.headers());
-    let body = resp.bytes().await.map_err(|e| network_failure(&e))?;
-    Ok(Answer {
-        status,
-        retry_after,
-        body,
-    })
 }
 
 /// The parts of a `google.rpc.Status` koala reads.
@@ -302,10 +280,6 @@ fn describe_outcome(o: &SendOutcome) -> String {
 }
 
 /// Timeouts, refused connections, broken bodies: worth another try.
-fn network_failure(e: &reqwest::Error) -> SendOutcome {
-    SendOutcome::transport("google", e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,16 +43,7 @@ pub fn classify(a: &Answer) -> Result<(), SendOutcome> {
     if class == StatusClass::Success {
         return Ok(());
     }
-    let said: String = String::from_utf8_lossy(&a.body)
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
-    let mut reason = if said.trim().is_empty() {
-        format!("segment answered HTTP {}", a.status)
-    } else {
-        format!("segment answered HTTP {}: {}", a.status, said.trim())
-    };
+    let mut reason = a.describe("segment");
     if class == StatusClass::Unauthorized {
         reason.push_str(" (the write key was refused: fix write_key or auth, then resume)");
     }

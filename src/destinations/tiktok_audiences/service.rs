@@ -37,22 +37,16 @@ impl Service {
 
     /// Sends; the answer's `data` on code 0.
     pub async fn call(&self, req: TiktokRequest) -> Result<Value, SendOutcome> {
-        let resp = self
+        let request = self
             .client
             .post(req.url)
             .header("Access-Token", self.token.expose())
             .header(CONTENT_TYPE, "application/json")
-            .body(req.body)
-            .send()
+            .body(req.body);
+        let a = crate::outbound::send(request)
             .await
             .map_err(|e| SendOutcome::transport("tiktok", &e))?;
-        let status = resp.status().as_u16();
-        let after = crate::outbound::retry_after(resp.headers());
-        let body = resp.bytes().await.map_err(|_| SendOutcome::RetryLater {
-            after: None,
-            reason: "tiktok request broke off reading the answer".into(),
-        })?;
-        classify(status, after, &body, &self.codes)
+        classify(a.status, a.retry_after, &a.body, &self.codes)
     }
 }
 

@@ -47,20 +47,7 @@ pub fn classify(a: &Answer) -> Result<(), SendOutcome> {
     if class == StatusClass::Success {
         return Ok(());
     }
-    let said: String = String::from_utf8_lossy(&a.body)
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
-    let reason = if said.trim().is_empty() {
-        format!("webhook receiver answered HTTP {}", a.status)
-    } else {
-        format!(
-            "webhook receiver answered HTTP {}: {}",
-            a.status,
-            said.trim()
-        )
-    };
+    let reason = a.describe("webhook receiver");
     Err(match a.status {
         410 => SendOutcome::DestinationDown {
             reason: format!(
