@@ -9,6 +9,7 @@ pub mod mapping;
 pub mod meta;
 pub mod segment;
 mod settings;
+pub mod signed_jwt;
 pub mod tiktok_audiences;
 pub mod webhook;
 
