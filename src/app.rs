@@ -112,14 +112,7 @@ pub async fn start_with(
     destinations: Vec<Arc<dyn Destination>>,
 ) -> anyhow::Result<RunningApp> {
     let metrics = crate::metrics::install();
-    store.set_attribute_holders(
-        &config
-            .destinations
-            .iter()
-            .filter(|d| d.platform.kind().takes_any_field())
-            .map(|d| d.name.clone())
-            .collect::<Vec<_>>(),
-    );
+    store.set_attribute_holders(config.attribute_readers());
     let catalog = Catalog::new(store.register_audiences(config.audience_defs()).await?);
     let wakers = Wakers::new(destinations.iter().map(|d| d.name()));
     let profile_destinations: std::collections::HashSet<String> = destinations

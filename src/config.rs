@@ -532,6 +532,25 @@ impl Config {
             .collect()
     }
 
+    /// The destinations that hold attributes, each with what its mappings
+    /// read over every audience it syncs.
+    pub fn attribute_readers(&self) -> crate::audiences::AttributeReaders {
+        let mappings = self.mappings();
+        crate::audiences::AttributeReaders::new(
+            self.destinations
+                .iter()
+                .filter(|d| d.platform.kind().takes_any_field())
+                .map(|d| {
+                    let reads: Vec<String> = mappings
+                        .iter()
+                        .filter(|((dest, _), _)| *dest == d.name)
+                        .flat_map(|(_, m)| m.reads())
+                        .collect();
+                    (d.name.clone(), reads)
+                }),
+        )
+    }
+
     /// The store URL with any password replaced, for messages and logs.
     pub fn store_url_redacted(&self) -> String {
         match url::Url::parse(&self.store.url) {

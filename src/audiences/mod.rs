@@ -4,7 +4,9 @@
 mod catalog;
 pub mod membership;
 mod mode;
+pub mod updates;
 
 pub use catalog::{AudienceDef, Catalog};
 pub use membership::{decide, effective_current, Decision, Source, Stamp};
 pub use mode::{AudienceMode, SyncOp};
+pub use updates::{AttributeReaders, ChangedFields};

@@ -280,6 +280,12 @@ impl Mapping {
         &self.hash
     }
 
+    /// What the mapping reads of a person, by source name (an
+    /// attribute, or `identifiers.email` and the like).
+    pub fn reads(&self) -> impl Iterator<Item = String> + '_ {
+        self.fields.iter().map(|f| f.from.describe())
+    }
+
     /// The mapped fields' names.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|f| f.field.as_str())

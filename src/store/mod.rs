@@ -307,10 +307,11 @@ pub trait Store: Send + Sync + 'static {
     /// leases left by a killed run can be released at start.
     fn is_exclusive(&self) -> bool;
 
-    /// Names the destinations that keep attributes (analytics, warehouses,
-    /// webhooks): when a current member's attributes change, their rows for
-    /// that person become pending again, as an update.
-    fn set_attribute_holders(&self, destinations: &[String]);
+    /// The destinations that keep attributes (analytics, warehouses,
+    /// webhooks) and what they read: when something one of them reads of a
+    /// current member changes, its rows for that person become pending
+    /// again, as an update.
+    fn set_attribute_holders(&self, readers: crate::audiences::AttributeReaders);
 
     /// Records configured audiences; returns them with their ids set.
     async fn register_audiences(&self, defs: Vec<AudienceDef>) -> Result<Vec<AudienceDef>>;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use crate::audiences::ChangedFields;
 use crate::identity::{IdentifierKind, Identifiers, UnusableReason};
 
 #[derive(Debug, Clone, Default)]
@@ -32,9 +33,10 @@ pub(crate) struct PersonRow {
     pub is_new: bool,
     /// Changed since loaded.
     pub dirty: bool,
-    /// A stored person's attributes changed: destinations that hold
-    /// attributes are sent an update.
-    pub attributes_changed: bool,
+    /// What of a stored person's profile changed (attribute names and
+    /// `identifiers.*`): destinations that hold one of them are sent an
+    /// update (`audiences::updates`).
+    pub changed: ChangedFields,
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +207,7 @@ impl People {
             for (k, v) in incoming {
                 if (newer || !row.attributes.contains_key(k)) && row.attributes.get(k) != Some(v) {
                     row.attributes.insert(k.clone(), v.clone());
+                    row.changed.insert(k.clone());
                     attrs_changed = true;
                 }
             }
@@ -218,8 +221,14 @@ impl People {
             row.profile_at,
             (row.email_unusable, row.phone_unusable),
         );
-        if attrs_changed {
-            row.attributes_changed = true;
+        for (field, was, is) in [
+            ("identifiers.id", &before.0, &after.0),
+            ("identifiers.email", &before.2, &after.2),
+            ("identifiers.phone", &before.3, &after.3),
+        ] {
+            if was != is {
+                row.changed.insert(field.to_owned());
+            }
         }
         if before != after || attrs_changed {
             row.dirty = true;
@@ -373,6 +382,37 @@ mod tests {
         assert_eq!(r.email.as_deref(), Some("new@example.com"));
         assert_eq!(r.attributes["plan"], "gold");
         assert_eq!(r.attributes["city"], "Oslo");
+    }
+
+    #[test]
+    fn a_stored_person_notes_what_changed_and_nothing_else() {
+        let mut attrs = Map::new();
+        attrs.insert("plan".into(), "gold".into());
+        attrs.insert("ltv".into(), 10.into());
+        let stored = PersonRow {
+            person_id: 3,
+            customer_id: Some("u1".into()),
+            email: Some("a@example.com".into()),
+            attributes: attrs.clone(),
+            profile_at: 10,
+            ..Default::default()
+        };
+        let mut p = People::new(vec![stored], 4);
+        // The same profile again: nothing changed.
+        p.merge(
+            &ids(Some("u1"), None, Some("a@example.com")),
+            Some(&attrs),
+            20,
+        );
+        assert!(p.rows[0].changed.is_empty());
+        attrs.insert("ltv".into(), 42.into());
+        p.merge(
+            &ids(Some("u1"), None, Some("b@example.com")),
+            Some(&attrs),
+            30,
+        );
+        let changed: Vec<&str> = p.rows[0].changed.iter().map(|s| s.as_str()).collect();
+        assert_eq!(changed, ["identifiers.email", "ltv"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     /// Destinations that keep attributes (see `Store::set_attribute_holders`).
-    attribute_holders: std::sync::RwLock<Vec<String>>,
+    attribute_holders: std::sync::RwLock<crate::audiences::AttributeReaders>,
 }
 
 impl SqliteStore {
@@ -162,11 +162,11 @@ impl Store for SqliteStore {
         true
     }
 
-    fn set_attribute_holders(&self, destinations: &[String]) {
+    fn set_attribute_holders(&self, readers: crate::audiences::AttributeReaders) {
         *self
             .attribute_holders
             .write()
-            .expect("attribute holders lock") = destinations.to_vec();
+            .expect("attribute holders lock") = readers;
     }
 
     async fn register_audiences(&self, defs: Vec<AudienceDef>) -> Result<Vec<AudienceDef>> {

@@ -13,7 +13,7 @@ use super::people::{People, PersonRow};
 use super::sqlite::set_desired;
 use super::{AudienceOutcome, IngestCommand, IngestOutcome, Result};
 use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
-use crate::audiences::AudienceMode;
+use crate::audiences::{AttributeReaders, AudienceMode};
 use crate::customerio::reporting::SubscriptionChange;
 use crate::identity::{Identifiers, UnusableReason};
 
@@ -167,7 +167,7 @@ pub(super) async fn apply_group(
     tx: &mut SqliteConnection,
     commands: &[IngestCommand],
     now: i64,
-    attribute_holders: &[String],
+    attribute_holders: &AttributeReaders,
 ) -> Result<Vec<IngestOutcome>> {
     // Deliveries seen before, in the store or earlier in this group.
     let keys: Vec<String> = commands.iter().map(dedupe_key).collect();
@@ -455,26 +455,26 @@ pub(super) async fn apply_group(
             }
         }
     }
-    // A member whose attributes changed is sent them again by every
-    // destination that keeps attributes: the row becomes pending (an
-    // update when it was acknowledged in, see `SyncOp::of_row`), and its
-    // version moves so a send in flight with the old values is not taken
-    // for this one. A flurry of changes is one pending row.
-    let changed: Vec<i64> = people
-        .rows
-        .iter()
-        .filter(|r| r.attributes_changed && !r.is_new)
-        .map(|r| r.person_id)
-        .collect();
-    if !changed.is_empty() && !attribute_holders.is_empty() {
+    // A member whose profile changed is sent it again by every
+    // destination that holds what changed (`audiences::updates`): the row
+    // becomes pending (an update when it was acknowledged in, see
+    // `SyncOp::of_row`), and its version moves so a send in flight with
+    // the old values is not taken for this one. A flurry of changes is one
+    // pending row.
+    let mut updates: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for row in people.rows.iter().filter(|r| !r.is_new) {
+        for destination in attribute_holders.readers_of(&row.changed) {
+            updates.entry(destination).or_default().push(row.person_id);
+        }
+    }
+    for (destination, person_ids) in updates {
         sqlx::query(
             "UPDATE sync_state SET pending = TRUE, version = version + 1, next_attempt_at = 0, attempts = 0
-             WHERE person_id IN (SELECT value FROM json_each($1))
-               AND destination IN (SELECT value FROM json_each($2))
+             WHERE destination = $1 AND person_id IN (SELECT value FROM json_each($2))
                AND desired AND dead_reason IS NULL",
         )
-        .bind(serde_json::to_string(&changed).expect("ids serialize"))
-        .bind(serde_json::to_string(attribute_holders).expect("names serialize"))
+        .bind(destination)
+        .bind(serde_json::to_string(&person_ids).expect("ids serialize"))
         .execute(&mut *tx)
         .await?;
     }

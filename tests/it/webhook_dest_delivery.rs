@@ -351,3 +351,46 @@ async fn webhook_dest_a_members_changed_attributes_are_sent_as_one_update() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn webhook_dest_an_unmapped_attribute_change_sends_nothing() {
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let cfg = base_config("")
+        + &rx.destination_toml(
+            "hook",
+            &[SECRET],
+            "map = { lifetime_value = { from = \"ltv\", type = \"number\" } }",
+        )
+        + &cart_audience(r#"{ destination = "hook" }"#, "mirror");
+    let app = TestApp::start_with(&cfg).await;
+    let enter = |ltv: f64, page: &str, at: i64| {
+        json!({"segment_id": CART_SEGMENT, "action": "entered", "occurred_at": at,
+               "identifiers": {"id": "u-page", "email": "u-page@example.com"},
+               "attributes": {"ltv": ltv, "last_page": page}})
+    };
+    app.segment_webhook(&enter(10.0, "/home", T0)).await;
+    until("added at the receiver", LONG, || async {
+        rx.member(CART, "u-page").is_some()
+    })
+    .await;
+    // Customer.io sends the whole profile with every webhook: a change
+    // to an attribute no mapping reads is no work for the destination.
+    app.segment_webhook(&enter(10.0, "/cart", T0 + 1)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let successes = |rx: &FakeWebhookReceiver| {
+        rx.deliveries()
+            .into_iter()
+            .filter(|d| d.status < 300)
+            .count()
+    };
+    assert_eq!(successes(&rx), 1, "only the entry was sent");
+    // A mapped one is.
+    app.segment_webhook(&enter(55.0, "/cart", T0 + 2)).await;
+    until("the update arrives", LONG, || async {
+        rx.member(CART, "u-page")
+            .is_some_and(|m| m["attributes"]["lifetime_value"] == 55.0)
+    })
+    .await;
+    assert_eq!(successes(&rx), 2);
+    app.stop().await;
+}

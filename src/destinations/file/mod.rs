@@ -4,8 +4,8 @@
 //! holds the current members, replaced atomically after each batch — what
 //! a team uploads by hand to a platform koala has no destination for, and
 //! the quickstart's destination that needs no account.
-//! Add and remove only; attribute changes of a present member are written
-//! only when the member is sent again.
+//! An attribute update of a present member is an `"op": "update"` line and
+//! rewrites that member in the members file.
 
 pub mod config;
 pub mod writer;

@@ -4,8 +4,8 @@
 //! with Engage's audience conventions
 //! (<https://segment.com/docs/engage/using-engage-data/>): each change is an
 //! `Audience Entered`/`Audience Exited` track and an identify setting the
-//! audience key trait. Add and remove only; attribute updates of present
-//! members are not sent.
+//! audience key trait. An attribute update of a present member is an
+//! identify alone (no track: nobody entered or left).
 
 pub mod config;
 pub mod encoder;
