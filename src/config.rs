@@ -264,7 +264,14 @@ impl DestinationEntry {
     /// The mapping for an audience whose sync target says `target`.
     pub fn mapping(&self, target: &MapConfig) -> Result<Mapping, Vec<String>> {
         let kind = self.platform.kind();
-        Mapping::resolve(kind.fields(), kind.takes_any_field(), &[&self.map, target])
+        let mapping =
+            Mapping::resolve(kind.fields(), kind.takes_any_field(), &[&self.map, target])?;
+        let problems = kind.mapping_problems(&mapping);
+        if problems.is_empty() {
+            Ok(mapping)
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -279,6 +286,7 @@ pub enum DestinationConfig {
     Webhook(crate::destinations::webhook::WebhookConfig),
     Segment(crate::destinations::segment::SegmentConfig),
     File(crate::destinations::file::FileConfig),
+    Postgres(crate::destinations::postgres_table::PostgresConfig),
 }
 
 impl DestinationConfig {
@@ -291,6 +299,7 @@ impl DestinationConfig {
             DestinationConfig::Webhook(c) => c,
             DestinationConfig::Segment(c) => c,
             DestinationConfig::File(c) => c,
+            DestinationConfig::Postgres(c) => c,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod file;
 pub mod google_customer_match;
 pub mod mapping;
 pub mod meta;
+pub mod postgres_table;
 pub mod segment;
 mod settings;
 pub mod signed_jwt;
@@ -202,6 +203,14 @@ pub trait Destination: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Read-only checks against the platform, for `koala check --online`:
+    /// for example a warehouse table's columns against `mappings`, the
+    /// mappings of every audience this destination syncs. Nothing is sent.
+    /// Each problem is a sentence an operator can act on.
+    async fn verify(&self, _mappings: &[&Mapping]) -> Vec<String> {
+        Vec::new()
+    }
+
     /// True when the destination can replace an audience's whole
     /// membership in one session ([`Destination::send_replace`]).
     fn supports_replace(&self) -> bool {
@@ -241,6 +250,9 @@ pub trait DestinationKind {
     fn takes_any_field(&self) -> bool;
     /// Problems of the platform keys, each starting with its key.
     fn problems(&self) -> Vec<String>;
+    /// Problems of a resolved mapping the platform cannot take (a field
+    /// name that is no column name), each starting with `map.{field}`.
+    fn mapping_problems(&self, mapping: &Mapping) -> Vec<String>;
     /// The running destination.
     fn build(
         &self,
@@ -263,6 +275,10 @@ pub trait DestinationType: Clone {
     type Running: Destination;
     /// Problems of the platform keys, each starting with its key.
     fn check(&self) -> Vec<String>;
+    /// Problems of a resolved mapping, each starting with `map.{field}`.
+    fn check_mapping(_mapping: &Mapping) -> Vec<String> {
+        Vec::new()
+    }
     fn start(
         name: String,
         config: Self,
@@ -288,6 +304,9 @@ impl<T: DestinationType> DestinationKind for T {
     }
     fn problems(&self) -> Vec<String> {
         self.check()
+    }
+    fn mapping_problems(&self, mapping: &Mapping) -> Vec<String> {
+        T::check_mapping(mapping)
     }
     fn build(
         &self,

@@ -123,14 +123,15 @@ pub(super) fn person_record(r: &sqlx::sqlite::SqliteRow, offset: usize) -> Perso
         email: r.get(offset + 3),
         phone: r.get(offset + 4),
         attributes: serde_json::from_str(&attrs).unwrap_or_default(),
+        profile_at: r.get(offset + 6),
     }
 }
 
 pub(super) const PERSON_COLUMNS: &str =
-    "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes";
+    "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes, p.profile_at";
 
 /// The person view: the record, then subscription, times and unusable notes.
-const VIEW_COLUMNS: &str = "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes, \
+const VIEW_COLUMNS: &str = "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes, p.profile_at, \
      p.subscribed, p.subscription_at, p.created_at, p.updated_at, p.email_unusable, p.phone_unusable";
 
 fn filter_clause(filter: &DeadLetterFilter) -> (String, Vec<String>) {
@@ -385,8 +386,8 @@ impl Store for SqliteStore {
         })
         .collect();
         let unusable = [
-            (IdentifierKind::Email, row.get::<Option<String>, _>(10)),
-            (IdentifierKind::Phone, row.get::<Option<String>, _>(11)),
+            (IdentifierKind::Email, row.get::<Option<String>, _>(11)),
+            (IdentifierKind::Phone, row.get::<Option<String>, _>(12)),
         ]
         .into_iter()
         .filter_map(|(identifier, code)| {
@@ -397,10 +398,10 @@ impl Store for SqliteStore {
         Ok(Some(PersonView {
             record,
             unusable,
-            subscribed: row.get(6),
-            subscription_at: row.get(7),
-            created_at: row.get(8),
-            updated_at: row.get(9),
+            subscribed: row.get(7),
+            subscription_at: row.get(8),
+            created_at: row.get(9),
+            updated_at: row.get(10),
             memberships,
             history,
             sync,

@@ -22,4 +22,5 @@ mod resync;
 mod segment_delivery;
 mod tiktok_delivery;
 mod tiktok_fake_contract;
+mod warehouse_pg;
 mod webhook_dest_delivery;

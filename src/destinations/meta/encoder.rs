@@ -146,6 +146,7 @@ mod tests {
             .as_object()
             .unwrap()
             .clone(),
+            profile_at: 0,
         }
     }
 

@@ -235,6 +235,7 @@ mod tests {
             email: Some(format!("u{id}@example.com")),
             phone: None,
             attributes,
+            profile_at: 0,
         }
     }
 

@@ -138,6 +138,7 @@ mod tests {
             email: Some(format!("u{id}@example.com")),
             phone: Some("+14155550100".into()),
             attributes,
+            profile_at: 0,
         }
     }
 

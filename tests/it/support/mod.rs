@@ -5,4 +5,5 @@ pub mod fake_meta;
 pub mod fake_segment;
 pub mod fake_tiktok;
 pub mod fake_webhook_receiver;
+pub mod postgres;
 pub mod wait;
