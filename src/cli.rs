@@ -36,6 +36,11 @@ pub enum Command {
     Check {
         #[arg(long, short, env = "KOALA_CONFIG")]
         config: PathBuf,
+        /// Also read each destination's side without changing it: a
+        /// warehouse table's columns against the mappings that write it.
+        /// Nothing is sent and nothing is created.
+        #[arg(long)]
+        online: bool,
     },
     /// Play Customer.io against a running koala: send signed entry (and some
     /// exit) webhooks for made-up people, then print the audience as koala
@@ -82,7 +87,7 @@ pub enum Command {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, online } => check(&config, online),
         Command::Serve { config } => serve(&config),
         Command::Simulate {
             config,
@@ -143,20 +148,58 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn check(path: &Path) -> ExitCode {
-    match load(path) {
-        Ok(c) => {
-            println!(
-                "{}: ok ({} audience(s), {} destination(s), store {})",
-                path.display(),
-                c.audiences.len(),
-                c.destinations.len(),
-                c.store_url_redacted()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
+fn check(path: &Path, online: bool) -> ExitCode {
+    let c = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!(
+        "{}: ok ({} audience(s), {} destination(s), store {})",
+        path.display(),
+        c.audiences.len(),
+        c.destinations.len(),
+        c.store_url_redacted()
+    );
+    if !online {
+        return ExitCode::SUCCESS;
     }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let problems = runtime.block_on(check_online(&c));
+    if problems.is_empty() {
+        println!("destinations: ok (read, nothing sent)");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("destinations: {} problem(s)", problems.len());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// Each destination's read-only verification against the mappings of
+/// the audiences it syncs; problems start with `destinations.{name}`.
+async fn check_online(config: &Config) -> Vec<String> {
+    let mappings = config.mappings();
+    let mut problems = Vec::new();
+    for entry in &config.destinations {
+        let dest = match entry.build() {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("destinations.{}: {e:#}", entry.name()));
+                continue;
+            }
+        };
+        let mine: Vec<&crate::destinations::Mapping> = mappings
+            .iter()
+            .filter(|((d, _), _)| d == entry.name())
+            .map(|(_, m)| m)
+            .collect();
+        for p in dest.verify(&mine).await {
+            problems.push(format!("destinations.{}: {p}", entry.name()));
+        }
+    }
+    problems
 }
 
 fn init_tracing() {

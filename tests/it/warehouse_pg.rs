@@ -330,3 +330,50 @@ async fn warehouse_pg_an_unreachable_warehouse_is_retried_and_webhooks_still_com
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn warehouse_pg_check_online_reads_the_table_and_names_drift_without_writing() {
+    let Some(db) = scratch("warehouse_pg_check").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("koala.toml");
+    std::fs::write(&path, config(&db, "create_tables = false")).unwrap();
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_koala"))
+            .args(["check", "--online", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("destinations.wh: table"), "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(members(&db).await.is_empty(), "check creates nothing");
+    // The tables as koala would create them, but one column retyped.
+    db.execute(&format!("CREATE SCHEMA \"{}\"", db.schema)).await;
+    db.execute(&format!(
+        "CREATE TABLE \"{0}\".audience_changes (change_key text PRIMARY KEY, audience text NOT NULL, person_id text NOT NULL, change text NOT NULL, occurred_at timestamptz NOT NULL, synced_at timestamptz NOT NULL)",
+        db.schema
+    ))
+    .await;
+    db.execute(&format!(
+        "CREATE TABLE \"{0}\".audience_members (audience text NOT NULL, person_id text NOT NULL, cio_id text, email text, phone text, lifetime_value text, plan text, vip boolean, last_order_at timestamptz, entered_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, PRIMARY KEY (audience, person_id))",
+        db.schema
+    ))
+    .await;
+    let err = String::from_utf8_lossy(&check().stderr).to_string();
+    assert!(
+        err.contains("column lifetime_value is text, but koala writes double precision"),
+        "{err}"
+    );
+    db.execute(&format!(
+        "ALTER TABLE \"{}\".audience_members ALTER COLUMN lifetime_value TYPE double precision USING NULL",
+        db.schema
+    ))
+    .await;
+    let out = check();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("destinations: ok"));
+    db.drop().await;
+}
