@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench koala_bench -- [--quick] [--json FILE] [--store URL] \
-//!     [--only ingest,e2e,batch,memory,resync,multi]
+//!     [--only ingest,e2e,batch,memory,resync,multi,warehouse]
 //! ```
 //!
 //! It starts the real `koala` binary (cargo builds it in the bench profile,
@@ -33,6 +33,9 @@
 //!   loads: the issue's ~2,000/s (best possible fill 20%), and 12,000/s,
 //!   above what one call a second carries, where the destination is busy.
 //! - resync: see `bench_resync`.
+//! - warehouse: the PostgreSQL warehouse destination against a real
+//!   PostgreSQL (`KOALA_BENCH_WAREHOUSE_URL`, default CI's server): see
+//!   `bench_warehouse`.
 //!
 //! Under `cargo test` / `cargo nextest` (no `--bench` argument, or `--list`)
 //! the binary does nothing, so `--all-targets` test runs stay fast.
@@ -67,7 +70,7 @@ use fake_app_api::{FakeAppApi, FAKE_APP_API_KEY};
 use fake_meta::{FakeMeta, RecordedRequest, FAKE_META_TOKEN};
 
 const USAGE: &str = "usage: cargo bench --bench koala_bench -- [--quick] [--json FILE] \
-[--store URL] [--only ingest,e2e,batch,memory,resync,multi] [--resync-runs sizes,lookups,replace]";
+[--store URL] [--only ingest,e2e,batch,memory,resync,multi,warehouse] [--resync-runs sizes,lookups,replace]";
 
 const WEBHOOK_KEY: &str = "bench-webhook-signing-key";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -93,16 +96,18 @@ enum Phase {
     Memory,
     Resync,
     Multi,
+    Warehouse,
 }
 
 impl Phase {
-    const ALL: [Phase; 6] = [
+    const ALL: [Phase; 7] = [
         Phase::Ingest,
         Phase::E2e,
         Phase::Batch,
         Phase::Memory,
         Phase::Resync,
         Phase::Multi,
+        Phase::Warehouse,
     ];
 
     fn name(self) -> &'static str {
@@ -113,6 +118,7 @@ impl Phase {
             Phase::Memory => "memory",
             Phase::Resync => "resync",
             Phase::Multi => "multi",
+            Phase::Warehouse => "warehouse",
         }
     }
 
@@ -333,6 +339,9 @@ async fn run_phases(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     }
     if only.contains(&Phase::Resync) {
         bench_resync(ctx, report).await?;
+    }
+    if only.contains(&Phase::Warehouse) {
+        bench_warehouse(ctx, report).await?;
     }
     Ok(())
 }
@@ -1596,6 +1605,236 @@ fn report_batch(report: &mut Report, load: &BatchLoad, calls: &[usize], tally: &
             of_best >= 95.0,
         );
     }
+}
+
+// ---------------------------------------------------------------- warehouse
+
+/// The PostgreSQL warehouse destination (issue 10: ≥ 20,000 membership
+/// changes/s into its table). Two figures:
+/// - direct: the destination alone, as the engine calls it (batches of
+///   its default `max_batch`, its default 2 in flight), adds, then
+///   attribute updates, then removes of the same people;
+/// - through koala: webhooks are taken while the table is missing (the
+///   destination pauses, `create_tables = false`, and keeps the work);
+///   then the tables are created and the destination resumed, and the
+///   time until the table holds everyone is the engine's drain rate
+///   (claim from SQLite, send, acknowledge).
+async fn bench_warehouse(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use koala::audiences::{AudienceDef, AudienceMode, SyncOp};
+    use koala::destinations::postgres_table::{
+        schema, PostgresConfig, PostgresDestination, DELIVERY,
+    };
+    use koala::destinations::{Destination, MapConfig, Mapping, SendOutcome, SendTarget};
+    eprintln!("== warehouse (PostgreSQL destination)");
+    let s = "warehouse";
+    let url = std::env::var("KOALA_BENCH_WAREHOUSE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pool = match sqlx::PgPool::connect(&url).await {
+        Ok(p) => p,
+        Err(e) => {
+            report.text(
+                s,
+                "skipped",
+                format!("PostgreSQL unreachable at {} ({e})", redact(&url)),
+            );
+            return Ok(());
+        }
+    };
+    let map: MapConfig = toml::from_str(
+        "ltv = { from = \"ltv\", type = \"number\" }\nplan = \"plan\"\nlast_order_at = { from = \"last_order\", type = \"timestamp\" }",
+    )?;
+    let mapping = Mapping::resolve(&[], true, &[&map]).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let fresh = |schema: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&pool)
+                .await
+        }
+    };
+
+    // Direct.
+    let rows = if ctx.opts.quick { 50_000 } else { 200_000 };
+    fresh("koala_bench_direct").await?;
+    let dest = PostgresDestination::new(
+        "wh",
+        PostgresConfig::new(url.clone(), "koala_bench_direct"),
+        DELIVERY,
+    )?;
+    let audience = AudienceDef {
+        id: 1,
+        name: AUDIENCE.into(),
+        segment_id: SEGMENT as i64,
+        mode: AudienceMode::Mirror,
+        destinations: vec![],
+    };
+    let now_ms = unix_now() * 1000;
+    let people = |ltv: f64| -> Vec<koala::person::PersonRecord> {
+        (0..rows)
+            .map(|i| {
+                let mut attributes = serde_json::Map::new();
+                attributes.insert("ltv".into(), json!(ltv + i as f64));
+                attributes.insert("plan".into(), json!("gold"));
+                attributes.insert("last_order".into(), json!(1_764_579_600));
+                koala::person::PersonRecord {
+                    person_id: i as i64,
+                    customer_id: Some(format!("w{i}")),
+                    cio_id: Some(format!("cw{i}")),
+                    email: Some(format!("w{i}@example.com")),
+                    phone: None,
+                    attributes,
+                    profile_at: now_ms + 1,
+                }
+            })
+            .collect()
+    };
+    let changed_at = vec![now_ms; DELIVERY.max_batch];
+    for (op, ltv) in [
+        (SyncOp::Add, 1.0),
+        (SyncOp::Update, 2.0),
+        (SyncOp::Remove, 2.0),
+    ] {
+        let people = people(ltv);
+        let started = Instant::now();
+        let outcomes: Vec<SendOutcome> = futures::stream::iter(people.chunks(DELIVERY.max_batch))
+            .map(|chunk| {
+                let target = SendTarget {
+                    audience: &audience,
+                    platform_audience_id: AUDIENCE,
+                    mapping: &mapping,
+                    changed_at: &changed_at[..chunk.len()],
+                };
+                let dest = &dest;
+                async move { dest.send(&target, op, chunk).await }
+            })
+            .buffer_unordered(DELIVERY.concurrency)
+            .collect()
+            .await;
+        let took = started.elapsed().as_secs_f64();
+        if let Some(bad) = outcomes
+            .iter()
+            .find(|o| !matches!(o, SendOutcome::Success { .. }))
+        {
+            report.text(
+                s,
+                format!("direct {}", op.as_str()),
+                format!("failed: {bad:?}"),
+            );
+            continue;
+        }
+        let rate = rows as f64 / took;
+        report.check(
+            s,
+            format!(
+                "direct: {} {}k rows, changes per second",
+                op.as_str(),
+                rows / 1000
+            ),
+            rate,
+            "/s",
+            ">= 20,000",
+            rate >= 20_000.0,
+        );
+    }
+    let history: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM \"koala_bench_direct\".audience_changes")
+            .fetch_one(&pool)
+            .await?;
+    report.num(s, "direct: history rows written", history as f64, "");
+    fresh("koala_bench_direct").await?;
+
+    // Through koala.
+    let count = if ctx.opts.quick { 20_000 } else { 100_000 };
+    fresh("koala_bench_engine").await?;
+    let setup = KoalaSetup {
+        destination: format!(
+            r#"
+[[destinations]]
+name = "wh"
+type = "postgres"
+url = {url}
+schema = "koala_bench_engine"
+create_tables = false
+map = {{ first_name = "first_name", last_name = "last_name" }}
+"#,
+            url = toml::Value::String(url.clone())
+        ),
+        sync: r#"{ destination = "wh" }"#.into(),
+        ..Default::default()
+    };
+    let koala = Koala::start(ctx, &setup).await?;
+    let target = koala.target(&ctx.http);
+    let sent = paced(
+        &target,
+        8_000.0,
+        count,
+        |i| format!("e{i}"),
+        "warehouse intake",
+    )
+    .await;
+    let (_, tally) = ack_latencies(&sent);
+    report.errors(s, "warehouse intake", &tally);
+    let mut engine_config = PostgresConfig::new(url.clone(), "koala_bench_engine");
+    engine_config.create_tables = false;
+    let engine_map: MapConfig =
+        toml::from_str("first_name = \"first_name\"\nlast_name = \"last_name\"")?;
+    let engine_mapping =
+        Mapping::resolve(&[], true, &[&engine_map]).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    sqlx::query("CREATE SCHEMA \"koala_bench_engine\"")
+        .execute(&pool)
+        .await?;
+    for sql in [
+        schema::members_table(&engine_config, &engine_mapping).create_sql(),
+        schema::history_table(&engine_config).create_sql(),
+    ] {
+        sqlx::query(&sql).execute(&pool).await?;
+    }
+    let resumed = Instant::now();
+    let answer = ctx
+        .http
+        .post(format!("{}/v1/destinations/wh/resume", koala.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?;
+    if !answer.status().is_success() {
+        bail!("resume answered {}", answer.status());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut held = 0i64;
+    while Instant::now() < deadline {
+        held = sqlx::query_scalar("SELECT count(*) FROM \"koala_bench_engine\".audience_members")
+            .fetch_one(&pool)
+            .await?;
+        if held as usize >= sent.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = resumed.elapsed().as_secs_f64();
+    if (held as usize) < sent.len() {
+        report.text(
+            s,
+            "through koala",
+            format!("only {held} of {} rows after 120 s", sent.len()),
+        );
+    } else {
+        let rate = held as f64 / took;
+        report.check(
+            s,
+            format!(
+                "through koala: {}k pending entries drained, changes per second",
+                held / 1000
+            ),
+            rate,
+            "/s",
+            ">= 20,000",
+            rate >= 20_000.0,
+        );
+    }
+    drop(koala);
+    fresh("koala_bench_engine").await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- 4: resync

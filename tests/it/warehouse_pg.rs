@@ -333,7 +333,9 @@ async fn warehouse_pg_an_unreachable_warehouse_is_retried_and_webhooks_still_com
 
 #[tokio::test]
 async fn warehouse_pg_check_online_reads_the_table_and_names_drift_without_writing() {
-    let Some(db) = scratch("warehouse_pg_check").await else { return };
+    let Some(db) = scratch("warehouse_pg_check").await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("koala.toml");
     std::fs::write(&path, config(&db, "create_tables = false")).unwrap();
@@ -351,7 +353,8 @@ async fn warehouse_pg_check_online_reads_the_table_and_names_drift_without_writi
     assert!(err.contains("does not exist"), "{err}");
     assert!(members(&db).await.is_empty(), "check creates nothing");
     // The tables as koala would create them, but one column retyped.
-    db.execute(&format!("CREATE SCHEMA \"{}\"", db.schema)).await;
+    db.execute(&format!("CREATE SCHEMA \"{}\"", db.schema))
+        .await;
     db.execute(&format!(
         "CREATE TABLE \"{0}\".audience_changes (change_key text PRIMARY KEY, audience text NOT NULL, person_id text NOT NULL, change text NOT NULL, occurred_at timestamptz NOT NULL, synced_at timestamptz NOT NULL)",
         db.schema
@@ -373,7 +376,11 @@ async fn warehouse_pg_check_online_reads_the_table_and_names_drift_without_writi
     ))
     .await;
     let out = check();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("destinations: ok"));
     db.drop().await;
 }
