@@ -80,9 +80,10 @@ pub(super) fn ids_json(ids: &[i64]) -> String {
 
 /// Sets the desired state of many people at once; a row is pending while
 /// it differs from what the destination acknowledged (never-sent counts as
-/// "not a member", so an entry and exit before any send costs nothing). A
-/// new change supersedes a dead letter; an unchanged desired state is left
-/// alone.
+/// "not a member", so an entry and exit before any send costs nothing), or
+/// while a send of it went unanswered (`uncertain`: the destination may
+/// hold what was sent). A new change supersedes a dead letter; an
+/// unchanged desired state is left alone.
 pub(super) async fn set_desired(
     tx: &mut SqliteConnection,
     destination: &str,
@@ -100,7 +101,7 @@ pub(super) async fn set_desired(
            desired = excluded.desired, desired_at = excluded.desired_at,
            desired_received_at = excluded.desired_received_at,
            version = sync_state.version + 1,
-           pending = (COALESCE(sync_state.acked, FALSE) <> excluded.desired),
+           pending = sync_state.uncertain OR (COALESCE(sync_state.acked, FALSE) <> excluded.desired),
            next_attempt_at = 0, attempts = 0, dead_reason = NULL, dead_at = NULL
          WHERE sync_state.desired <> excluded.desired",
     )
@@ -487,9 +488,12 @@ impl Store for SqliteStore {
     }
 
     async fn release_all_leases(&self) -> Result<()> {
-        sqlx::query("UPDATE sync_state SET lease_until = 0 WHERE lease_until <> 0")
-            .execute(&self.writer)
-            .await?;
+        // A lease left by a killed process may cover a send that landed.
+        sqlx::query(
+            "UPDATE sync_state SET lease_until = 0, uncertain = TRUE WHERE lease_until <> 0",
+        )
+        .execute(&self.writer)
+        .await?;
         Ok(())
     }
 
@@ -595,7 +599,7 @@ impl Store for SqliteStore {
             .collect();
         sqlx::query(
             "UPDATE sync_state SET acked = $1, acked_at = $2, lease_until = 0, attempts = 0,
-                    last_error = NULL, next_attempt_at = 0, unmatched = $4,
+                    last_error = NULL, next_attempt_at = 0, unmatched = $4, uncertain = FALSE,
                     pending = (desired <> $1)
                               OR version <> COALESCE(json_extract(j.value, '$[1]'), version)
              FROM json_each($3) AS j WHERE sync_state.sync_id = json_extract(j.value, '$[0]')",
@@ -614,7 +618,8 @@ impl Store for SqliteStore {
             return Ok(());
         }
         sqlx::query(
-            "UPDATE sync_state SET lease_until = 0, attempts = attempts + 1, next_attempt_at = $1, last_error = $2
+            "UPDATE sync_state SET lease_until = 0, attempts = attempts + 1, next_attempt_at = $1, last_error = $2,
+                    uncertain = TRUE
              WHERE sync_id IN (SELECT value FROM json_each($3))",
         )
         .bind(next_attempt_at)

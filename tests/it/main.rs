@@ -7,6 +7,7 @@ mod ad_platforms;
 mod admin;
 mod app_api_client;
 mod config_and_cli;
+mod convergence;
 mod crash;
 mod delivery;
 mod deploy;

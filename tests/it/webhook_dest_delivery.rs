@@ -394,3 +394,28 @@ async fn webhook_dest_an_unmapped_attribute_change_sends_nothing() {
     assert_eq!(successes(&rx), 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn webhook_dest_an_exit_after_an_unacknowledged_add_is_still_sent() {
+    // The add lands but its answer is lost (503 after applying, retry in
+    // 2 s); the person exits before the retry. koala cannot know whether
+    // the receiver holds them, so it sends the remove rather than treat
+    // "never acknowledged" as "not there".
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "")).await;
+    rx.push_after_applying_retry_after(503, Some(2));
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("the add applied at the receiver", LONG, || async {
+        rx.members(CART).contains("u1")
+    })
+    .await;
+    app.segment_event(CART_SEGMENT, "u1", "exited", T0 + 1)
+        .await;
+    until("the remove reaches the receiver", LONG, || async {
+        rx.members(CART).is_empty()
+    })
+    .await;
+    let d = app.audience(CART).await;
+    assert_eq!(d["destinations"][0]["pending_removes"], 0, "{d}");
+    app.stop().await;
+}

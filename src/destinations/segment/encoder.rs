@@ -71,9 +71,12 @@ pub fn user_id(p: &PersonRecord, which: UserId) -> Result<&str, String> {
 }
 
 /// `messageId`: hex SHA-256 over the destination, the koala audience, the
-/// person, the op, the Customer.io time of the change and the event type
-/// (64 characters, under Segment's 100). A retry of the same change
-/// repeats it, so Segment drops the copy; a later change gets a new one.
+/// person, the op, the Customer.io time of the change, the event type and
+/// what the event carries (64 characters, under Segment's 100). A retry of
+/// the same change repeats it, so Segment drops the copy; a later change
+/// gets a new one, and so does a second attribute update of a member
+/// (same membership, other values), which Segment would otherwise drop as
+/// a copy of the first.
 pub fn message_id(
     destination: &str,
     audience: &str,
@@ -81,6 +84,7 @@ pub fn message_id(
     op: SyncOp,
     changed_at: i64,
     event_type: &str,
+    content: &Map<String, Value>,
 ) -> String {
     let mut h = Sha256::new();
     for part in [destination, audience, op.as_str(), event_type] {
@@ -89,6 +93,8 @@ pub fn message_id(
     }
     h.update(person_id.to_be_bytes());
     h.update(changed_at.to_be_bytes());
+    // serde_json's map is ordered by key: the same content, the same bytes.
+    h.update(Value::Object(content.clone()).to_string().as_bytes());
     hex::encode(h.finalize())
 }
 
@@ -120,11 +126,16 @@ pub fn events(
     properties.insert(c.audience_key.into(), json!(member));
     let mut traits = mapped;
     traits.insert(c.audience_key.into(), json!(member));
+    // An update happened when the profile changed, not at the entry.
+    let changed_at = match c.op {
+        SyncOp::Update => changed_at.max(p.profile_at),
+        SyncOp::Add | SyncOp::Remove => changed_at,
+    };
     let timestamp = (changed_at > 0)
         .then(|| chrono::DateTime::from_timestamp_millis(changed_at))
         .flatten()
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    let id = |ty: &str| {
+    let id = |ty: &str, content: &Map<String, Value>| {
         message_id(
             c.destination,
             &target.audience.name,
@@ -132,6 +143,7 @@ pub fn events(
             c.op,
             changed_at,
             ty,
+            content,
         )
     };
     let mut track = event_name(c.op).map(|event| {
@@ -139,14 +151,14 @@ pub fn events(
             "type": "track",
             "event": event,
             "userId": uid,
-            "messageId": id("track"),
+            "messageId": id("track", &properties),
             "properties": properties,
         })
     });
     let mut identify = json!({
         "type": "identify",
         "userId": uid,
-        "messageId": id("identify"),
+        "messageId": id("identify", &traits),
         "traits": traits,
     });
     if let Some(t) = timestamp {

@@ -151,9 +151,15 @@ max_backoff = "200ms"
 
     /// The next request is applied, then answered `status`.
     pub fn push_after_applying(&self, status: u16) {
+        self.push_after_applying_retry_after(status, None);
+    }
+
+    /// The next request is applied, then answered `status` with a
+    /// `Retry-After` of `secs` (a lost acknowledgement and a wait).
+    pub fn push_after_applying_retry_after(&self, status: u16, secs: Option<u64>) {
         self.state().script.push_back(Scripted {
             status,
-            retry_after: None,
+            retry_after: secs,
             apply: true,
         });
     }
