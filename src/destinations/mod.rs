@@ -5,6 +5,7 @@
 
 pub mod file;
 pub mod google_customer_match;
+pub mod google_oauth;
 pub mod mapping;
 pub mod meta;
 pub mod segment;

@@ -38,7 +38,9 @@ impl RsaSigningKey {
     pub fn from_pem(pem: &str) -> Result<Self, String> {
         let pem = pem.trim().replace("\\n", "\n");
         if pem.contains("ENCRYPTED") {
-            return Err("the private key is encrypted: give it unencrypted (PKCS#8 or PKCS#1 PEM)".into());
+            return Err(
+                "the private key is encrypted: give it unencrypted (PKCS#8 or PKCS#1 PEM)".into(),
+            );
         }
         let key = rsa::RsaPrivateKey::from_pkcs8_pem(&pem)
             .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(&pem))
@@ -148,8 +150,10 @@ mod tests {
         let broken = PRIVATE.replace("A", "!");
         let err = RsaSigningKey::from_pem(&broken).unwrap_err();
         assert!(!err.contains("MII"), "{err}");
-        assert!(RsaSigningKey::from_pem("-----BEGIN ENCRYPTED PRIVATE KEY-----")
-            .unwrap_err()
-            .contains("encrypted"));
+        assert!(
+            RsaSigningKey::from_pem("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+                .unwrap_err()
+                .contains("encrypted")
+        );
     }
 }
