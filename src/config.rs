@@ -264,7 +264,12 @@ impl DestinationEntry {
     /// The mapping for an audience whose sync target says `target`.
     pub fn mapping(&self, target: &MapConfig) -> Result<Mapping, Vec<String>> {
         let kind = self.platform.kind();
-        Mapping::resolve(kind.fields(), kind.takes_any_field(), &[&self.map, target])
+        let mapping =
+            Mapping::resolve(kind.fields(), kind.takes_any_field(), &[&self.map, target])?;
+        match kind.mapping_problems(&mapping) {
+            problems if problems.is_empty() => Ok(mapping),
+            problems => Err(problems),
+        }
     }
 }
 
@@ -279,6 +284,7 @@ pub enum DestinationConfig {
     Webhook(crate::destinations::webhook::WebhookConfig),
     Segment(crate::destinations::segment::SegmentConfig),
     File(crate::destinations::file::FileConfig),
+    Bigquery(crate::destinations::bigquery::BigQueryConfig),
 }
 
 impl DestinationConfig {
@@ -291,6 +297,7 @@ impl DestinationConfig {
             DestinationConfig::Webhook(c) => c,
             DestinationConfig::Segment(c) => c,
             DestinationConfig::File(c) => c,
+            DestinationConfig::Bigquery(c) => c,
         }
     }
 

@@ -285,6 +285,12 @@ impl Mapping {
         self.fields.iter().map(|f| f.field.as_str())
     }
 
+    /// The mapped fields with the type their values are coerced to (a
+    /// warehouse's column types).
+    pub fn typed_fields(&self) -> impl Iterator<Item = (&str, FieldType)> {
+        self.fields.iter().map(|f| (f.field.as_str(), f.kind))
+    }
+
     /// The coerced value of `field` for a person; `Err` for a value that is
     /// present but cannot be coerced (count it; the field is left out).
     pub fn value(

@@ -3,6 +3,7 @@
 //! request, sends it, and classifies the answer; the engine owns batching,
 //! limits, retries, dead letters and pausing.
 
+pub mod bigquery;
 pub mod file;
 pub mod google_customer_match;
 pub mod google_oauth;
@@ -242,6 +243,9 @@ pub trait DestinationKind {
     fn takes_any_field(&self) -> bool;
     /// Problems of the platform keys, each starting with its key.
     fn problems(&self) -> Vec<String>;
+    /// Problems of a resolved mapping on this platform (a field name a
+    /// warehouse cannot take as a column), each starting with `map.{field}`.
+    fn mapping_problems(&self, mapping: &Mapping) -> Vec<String>;
     /// The running destination.
     fn build(
         &self,
@@ -264,6 +268,10 @@ pub trait DestinationType: Clone {
     type Running: Destination;
     /// Problems of the platform keys, each starting with its key.
     fn check(&self) -> Vec<String>;
+    /// Problems of a resolved mapping beyond what its fields declare.
+    fn check_mapping(&self, _mapping: &Mapping) -> Vec<String> {
+        Vec::new()
+    }
     fn start(
         name: String,
         config: Self,
@@ -289,6 +297,9 @@ impl<T: DestinationType> DestinationKind for T {
     }
     fn problems(&self) -> Vec<String> {
         self.check()
+    }
+    fn mapping_problems(&self, mapping: &Mapping) -> Vec<String> {
+        self.check_mapping(mapping)
     }
     fn build(
         &self,
