@@ -723,6 +723,34 @@ async fn bigquery_failures_retry_or_pause_as_bigquery_means_them() {
         "{reason}"
     );
     app.stop().await;
+
+    // create_table in a dataset that does not exist: paused, naming it.
+    let fake = FakeBigQuery::start().await;
+    let text = config(&fake, "create_table = true")
+        .replace(&format!("dataset = \"{DATASET}\""), "dataset = \"missing\"");
+    let app = TestApp::start_with(&text).await;
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("paused", LONG, || async {
+        let (_, d) = app.admin_get("/v1/destinations").await;
+        d["destinations"][0]["status"]["paused"] == true
+    })
+    .await;
+    let (_, d) = app.admin_get("/v1/destinations").await;
+    let reason = d["destinations"][0]["status"]["paused_reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains(&format!(
+            "creating table {PROJECT}.missing.{TABLE}: dataset {PROJECT}.missing was not found"
+        )),
+        "{reason}"
+    );
+    assert_eq!(
+        app.audience(CART).await["destinations"][0]["dead_letters"],
+        0
+    );
+    app.stop().await;
 }
 
 fn check(path: &std::path::Path) -> (Option<i32>, String) {

@@ -100,9 +100,15 @@ impl BigQueryDestination {
         let c = &self.config;
         let columns = schema::columns(&c.identifiers, c.hash_identifiers, mapping);
         let table = schema::table_body(&c.project, &c.dataset, &c.table, &columns);
+        let dataset = format!("{}.{}", c.project, c.dataset);
         let created = self
             .service
-            .create(&self.endpoints.tables, &table, &self.table_label())
+            .create(
+                &self.endpoints.tables,
+                &table,
+                &self.table_label(),
+                &dataset,
+            )
             .await?;
         if created {
             tracing::info!(destination = %self.name, table = %c.table_path(), columns = columns.len(), "created bigquery table");
@@ -113,7 +119,7 @@ impl BigQueryDestination {
         let view_label = format!("view {}.{}.{view_name}", c.project, c.dataset);
         if self
             .service
-            .create(&self.endpoints.tables, &view, &view_label)
+            .create(&self.endpoints.tables, &view, &view_label, &dataset)
             .await?
         {
             tracing::info!(destination = %self.name, view = %view_label, "created bigquery view");

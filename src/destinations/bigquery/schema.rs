@@ -168,6 +168,7 @@ pub fn mapping_problems(
         }
     }
     let mut p = Vec::new();
+    let mut mapped: Vec<&str> = Vec::new();
     for field in mapping.fields() {
         if let Some(why) = column_name_problem(field) {
             p.push(format!("map.{field}: {why}"));
@@ -175,7 +176,12 @@ pub fn mapping_problems(
             p.push(format!(
                 "map.{field}: koala writes a column of that name itself (column names are case-insensitive)"
             ));
+        } else if let Some(other) = mapped.iter().find(|m| m.eq_ignore_ascii_case(field)) {
+            p.push(format!(
+                "map.{field}: the same column as map.{other} (column names are case-insensitive)"
+            ));
         }
+        mapped.push(field);
     }
     p
 }
@@ -265,7 +271,7 @@ mod tests {
 
     #[test]
     fn mapped_names_must_be_columns_koala_does_not_write() {
-        let m = mapping("\"9lives\" = \"a\"\n\"has-dash\" = \"b\"\nEmail = \"c\"\n_PARTITIONTIME = \"d\"\nkoala_rank = \"e\"\nok_name = \"f\"\nphone = \"g\"");
+        let m = mapping("\"9lives\" = \"a\"\n\"has-dash\" = \"b\"\nEmail = \"c\"\n_PARTITIONTIME = \"d\"\nkoala_rank = \"e\"\nok_name = \"f\"\nphone = \"g\"\nOK_NAME = \"h\"");
         let p = mapping_problems(&[Identifier::Email], false, &m);
         for f in [
             "9lives",
@@ -280,7 +286,7 @@ mod tests {
             );
         }
         // phone is free when it is not an identifier column; email_sha256 when clear.
-        assert_eq!(p.len(), 5, "{p:?}");
+        assert_eq!(p.len(), 6, "{p:?}");
         let m = mapping("email = \"e\"");
         assert!(mapping_problems(&[Identifier::Email], true, &m).is_empty());
     }

@@ -93,16 +93,43 @@ impl Service {
         })
     }
 
-    /// `tables.insert`: true when created, false when it already existed
-    /// (409), else the outcome of the failure.
-    pub async fn create(&self, url: &Url, body: &Value, what: &str) -> Result<bool, SendOutcome> {
+    /// `tables.insert` of `what` (a table or view) in `dataset`: true
+    /// when created, false when it already existed (409), else the
+    /// outcome of the failure. A refusal is never the rows' fault: what
+    /// would refuse a batch (a 400) pauses instead.
+    pub async fn create(
+        &self,
+        url: &Url,
+        body: &Value,
+        what: &str,
+        dataset: &str,
+    ) -> Result<bool, SendOutcome> {
         let a = self
             .post(url, serde_json::to_vec(body).expect("serializable"))
             .await?;
-        match a.status {
-            200..=299 => Ok(true),
-            409 => Ok(false),
-            _ => Err(classify_failure(&a, what)),
+        let e = api_error(&a.body);
+        let reason = describe(a.status, &e);
+        match (a.status, e.reason.as_deref().unwrap_or("")) {
+            (200..=299, _) => Ok(true),
+            (409, _) => Ok(false),
+            (404, _) => Err(SendOutcome::DestinationDown {
+                reason: format!(
+                    "{reason}; creating {what}: dataset {dataset} was not found (koala creates the table and the view, not the dataset)"
+                ),
+            }),
+            (403, r) if !matches!(r, "rateLimitExceeded" | "quotaExceeded") => {
+                Err(SendOutcome::DestinationDown {
+                    reason: format!(
+                        "{reason}; creating {what}: the service account needs bigquery.tables.create on dataset {dataset} (roles/bigquery.dataEditor)"
+                    ),
+                })
+            }
+            _ => Err(match classify_failure(&a, what) {
+                SendOutcome::Permanent { reason } => SendOutcome::DestinationDown {
+                    reason: format!("{reason}; BigQuery refused to create {what}"),
+                },
+                other => other,
+            }),
         }
     }
 
