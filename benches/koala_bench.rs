@@ -1684,7 +1684,6 @@ async fn bench_warehouse(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                     email: Some(format!("w{i}@example.com")),
                     phone: None,
                     attributes,
-                    profile_at: now_ms + 1,
                 }
             })
             .collect()

@@ -266,11 +266,9 @@ impl DestinationEntry {
         let kind = self.platform.kind();
         let mapping =
             Mapping::resolve(kind.fields(), kind.takes_any_field(), &[&self.map, target])?;
-        let problems = kind.mapping_problems(&mapping);
-        if problems.is_empty() {
-            Ok(mapping)
-        } else {
-            Err(problems)
+        match kind.mapping_problems(&mapping) {
+            problems if problems.is_empty() => Ok(mapping),
+            problems => Err(problems),
         }
     }
 }
@@ -287,6 +285,7 @@ pub enum DestinationConfig {
     Segment(crate::destinations::segment::SegmentConfig),
     File(crate::destinations::file::FileConfig),
     Postgres(crate::destinations::postgres_table::PostgresConfig),
+    Bigquery(crate::destinations::bigquery::BigQueryConfig),
 }
 
 impl DestinationConfig {
@@ -300,6 +299,7 @@ impl DestinationConfig {
             DestinationConfig::Segment(c) => c,
             DestinationConfig::File(c) => c,
             DestinationConfig::Postgres(c) => c,
+            DestinationConfig::Bigquery(c) => c,
         }
     }
 

@@ -12,7 +12,4 @@ pub struct PersonRecord {
     pub email: Option<String>,
     pub phone: Option<String>,
     pub attributes: Map<String, Value>,
-    /// Customer.io's time (ms) of the newest event that set the profile:
-    /// when an attribute update happened, for destinations that record it.
-    pub profile_at: i64,
 }

@@ -286,14 +286,16 @@ impl Mapping {
         self.fields.iter().map(|f| f.from.describe())
     }
 
-    /// The mapped fields with the type each is written as.
-    pub fn typed_fields(&self) -> impl Iterator<Item = (&str, FieldType)> {
-        self.fields.iter().map(|f| (f.field.as_str(), f.kind))
-    }
 
     /// The mapped fields' names.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|f| f.field.as_str())
+    }
+
+    /// The mapped fields with the type their values are coerced to (a
+    /// warehouse's column types).
+    pub fn typed_fields(&self) -> impl Iterator<Item = (&str, FieldType)> {
+        self.fields.iter().map(|f| (f.field.as_str(), f.kind))
     }
 
     /// The coerced value of `field` for a person; `Err` for a value that is

@@ -3,8 +3,10 @@
 //! request, sends it, and classifies the answer; the engine owns batching,
 //! limits, retries, dead letters and pausing.
 
+pub mod bigquery;
 pub mod file;
 pub mod google_customer_match;
+pub mod google_oauth;
 pub mod mapping;
 pub mod meta;
 pub mod postgres_table;
@@ -250,8 +252,8 @@ pub trait DestinationKind {
     fn takes_any_field(&self) -> bool;
     /// Problems of the platform keys, each starting with its key.
     fn problems(&self) -> Vec<String>;
-    /// Problems of a resolved mapping the platform cannot take (a field
-    /// name that is no column name), each starting with `map.{field}`.
+    /// Problems of a resolved mapping on this platform (a field name a
+    /// warehouse cannot take as a column), each starting with `map.{field}`.
     fn mapping_problems(&self, mapping: &Mapping) -> Vec<String>;
     /// The running destination.
     fn build(
@@ -275,8 +277,8 @@ pub trait DestinationType: Clone {
     type Running: Destination;
     /// Problems of the platform keys, each starting with its key.
     fn check(&self) -> Vec<String>;
-    /// Problems of a resolved mapping, each starting with `map.{field}`.
-    fn check_mapping(_mapping: &Mapping) -> Vec<String> {
+    /// Problems of a resolved mapping beyond what its fields declare.
+    fn check_mapping(&self, _mapping: &Mapping) -> Vec<String> {
         Vec::new()
     }
     fn start(
@@ -306,7 +308,7 @@ impl<T: DestinationType> DestinationKind for T {
         self.check()
     }
     fn mapping_problems(&self, mapping: &Mapping) -> Vec<String> {
-        T::check_mapping(mapping)
+        self.check_mapping(mapping)
     }
     fn build(
         &self,

@@ -124,15 +124,14 @@ pub(super) fn person_record(r: &sqlx::sqlite::SqliteRow, offset: usize) -> Perso
         email: r.get(offset + 3),
         phone: r.get(offset + 4),
         attributes: serde_json::from_str(&attrs).unwrap_or_default(),
-        profile_at: r.get(offset + 6),
     }
 }
 
 pub(super) const PERSON_COLUMNS: &str =
-    "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes, p.profile_at";
+    "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes";
 
 /// The person view: the record, then subscription, times and unusable notes.
-const VIEW_COLUMNS: &str = "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes, p.profile_at, \
+const VIEW_COLUMNS: &str = "p.person_id, p.customer_id, p.cio_id, p.email, p.phone, p.attributes, \
      p.subscribed, p.subscription_at, p.created_at, p.updated_at, p.email_unusable, p.phone_unusable";
 
 fn filter_clause(filter: &DeadLetterFilter) -> (String, Vec<String>) {
@@ -387,8 +386,8 @@ impl Store for SqliteStore {
         })
         .collect();
         let unusable = [
-            (IdentifierKind::Email, row.get::<Option<String>, _>(11)),
-            (IdentifierKind::Phone, row.get::<Option<String>, _>(12)),
+            (IdentifierKind::Email, row.get::<Option<String>, _>(10)),
+            (IdentifierKind::Phone, row.get::<Option<String>, _>(11)),
         ]
         .into_iter()
         .filter_map(|(identifier, code)| {
@@ -399,10 +398,10 @@ impl Store for SqliteStore {
         Ok(Some(PersonView {
             record,
             unusable,
-            subscribed: row.get(7),
-            subscription_at: row.get(8),
-            created_at: row.get(9),
-            updated_at: row.get(10),
+            subscribed: row.get(6),
+            subscription_at: row.get(7),
+            created_at: row.get(8),
+            updated_at: row.get(9),
             memberships,
             history,
             sync,

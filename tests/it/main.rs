@@ -6,6 +6,7 @@ mod support;
 mod ad_platforms;
 mod admin;
 mod app_api_client;
+mod bigquery_delivery;
 mod config_and_cli;
 mod convergence;
 mod crash;

@@ -2,7 +2,8 @@
 //! (<https://developers.google.com/data-manager/api/devguides/audiences/google-ads/customer-match/upload-data>).
 //!
 //! `config` is the TOML table, `encoder` turns people into hashed
-//! audience members, `request` builds the calls, `token` keeps an OAuth
+//! audience members, `request` builds the calls, the shared
+//! [`google_oauth`](crate::destinations::google_oauth) keeps an OAuth
 //! access token, `quota` shares the Cloud project's limit, `service`
 //! sends and classifies, and `status` follows the asynchronous outcome of
 //! each accepted request.
@@ -13,7 +14,6 @@ mod quota;
 mod request;
 mod service;
 mod status;
-mod token;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -29,13 +29,13 @@ pub use encoder::{Encoder, Member};
 pub use quota::next_pacific_midnight;
 pub use status::Verdict;
 
+use super::google_oauth::{Grant, TokenSource};
 use super::{DeliverySettings, Destination, SendOutcome, SendTarget, UNMATCHED};
 use crate::audiences::SyncOp;
 use crate::person::PersonRecord;
 use request::Endpoints;
 use service::Service;
 use status::{Tracked, Tracker};
-use token::TokenSource;
 
 /// What the destination and its status task share.
 struct Inner {
@@ -82,9 +82,11 @@ impl GoogleDestination {
         let tokens = TokenSource::new(
             client.clone(),
             config.token_url.clone(),
-            config.client_id.clone(),
-            config.client_secret.clone(),
-            config.refresh_token.clone(),
+            Grant::RefreshToken {
+                client_id: config.client_id.clone(),
+                client_secret: config.client_secret.clone(),
+                refresh_token: config.refresh_token.clone(),
+            },
             config.token_refresh_margin,
         );
         // Unnamed, the OAuth client stands for its project; its id is kept

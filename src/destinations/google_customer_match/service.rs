@@ -15,7 +15,7 @@ use url::Url;
 
 use super::quota::{next_pacific_midnight, quota_window, QuotaWindow};
 use super::request::GoogleRequest;
-use super::token::TokenSource;
+use crate::destinations::google_oauth::TokenSource;
 use crate::destinations::SendOutcome;
 use crate::outbound::{self, Answer};
 use crate::secret::Secret;
@@ -48,7 +48,10 @@ impl Service {
     /// and tries again.
     pub async fn mutate(&self, req: GoogleRequest) -> Result<Option<String>, SendOutcome> {
         self.project.until_ready().await;
-        let a = self.authorized(|tok| self.post(&req, tok)).await?;
+        let a = self
+            .tokens
+            .authorized("google", |tok| self.post(&req, tok))
+            .await?;
         classify_mutate(a.status, a.retry_after, &a.body, self.daily_quota_pause)
     }
 
@@ -56,7 +59,8 @@ impl Service {
     /// the mutate one): the body on a 2xx.
     pub async fn get(&self, url: Url) -> Result<Value, String> {
         let a = self
-            .authorized(|tok| self.fetch(&url, tok))
+            .tokens
+            .authorized("google", |tok| self.fetch(&url, tok))
             .await
             .map_err(|o| describe_outcome(&o))?;
         if !(200..300).contains(&a.status) {
@@ -68,22 +72,6 @@ impl Service {
             )));
         }
         serde_json::from_slice(&a.body).map_err(|_| "google answered non-JSON".to_owned())
-    }
-
-    /// Calls with the cached token; on 401, once more with a fresh one.
-    async fn authorized<F, Fut>(&self, call: F) -> Result<Answer, SendOutcome>
-    where
-        F: Fn(Secret) -> Fut,
-        Fut: std::future::Future<Output = Result<Answer, SendOutcome>>,
-    {
-        let tok = self.tokens.token(None).await?;
-        let a = call(tok.clone()).await?;
-        if a.status != 401 {
-            return Ok(a);
-        }
-        tracing::info!("google refused the access token; refreshing it once");
-        let fresh = self.tokens.token(Some(&tok)).await?;
-        call(fresh).await
     }
 
     async fn post(&self, req: &GoogleRequest, tok: Secret) -> Result<Answer, SendOutcome> {

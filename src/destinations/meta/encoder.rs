@@ -146,7 +146,6 @@ mod tests {
             .as_object()
             .unwrap()
             .clone(),
-            profile_at: 0,
         }
     }
 

@@ -336,7 +336,7 @@ impl super::DestinationType for PostgresConfig {
         PostgresConfig::problems(self)
     }
 
-    fn check_mapping(mapping: &Mapping) -> Vec<String> {
+    fn check_mapping(&self, mapping: &Mapping) -> Vec<String> {
         PostgresConfig::mapping_problems(mapping)
     }
 

@@ -123,7 +123,6 @@ pub fn statement(
     let mut person = Vec::with_capacity(chosen.len());
     let mut key = Vec::with_capacity(chosen.len());
     let mut occurred = Vec::with_capacity(chosen.len());
-    let mut entered = Vec::with_capacity(chosen.len());
     let mut ids: Vec<ColumnValues> = tables
         .identifiers
         .iter()
@@ -136,17 +135,15 @@ pub fn statement(
     for &(i, id) in &chosen {
         let p = &people[i];
         let changed_at = target.changed_at.get(i).copied().filter(|t| *t > 0);
-        let at = match op {
-            // An update happened when the profile changed.
-            SyncOp::Update => changed_at.unwrap_or(0).max(p.profile_at),
-            SyncOp::Add | SyncOp::Remove => changed_at.unwrap_or(now),
-        };
-        let at = if at > 0 { at } else { now };
+        // An update keeps its membership change's time, so ordering the
+        // history by time never puts an update after the exit that
+        // followed it (an exit with an older time than the attribute
+        // change can arrive after it, and still ends the stay).
+        let at = changed_at.unwrap_or(now);
         let row_values = target.mapping.values(p, destination);
         key.push(Some(change_key(&audience, id, op, at, &row_values)));
         person.push(Some(id.to_owned()));
         occurred.push(DateTime::from_timestamp_millis(at));
-        entered.push(DateTime::from_timestamp_millis(changed_at.unwrap_or(at)));
         for (col, which) in ids.iter_mut().zip(tables.identifiers) {
             let v = match which {
                 IdentifierColumn::CioId => p.cio_id.clone(),
@@ -175,11 +172,6 @@ pub fn statement(
             name: "occurred_at".into(),
             kind: ColumnType::Timestamp,
             values: ColumnValues::Timestamp(occurred),
-        },
-        Input {
-            name: "entered_at".into(),
-            kind: ColumnType::Timestamp,
-            values: ColumnValues::Timestamp(entered),
         },
     ];
     if op != SyncOp::Remove {
@@ -243,7 +235,7 @@ fn sql(tables: &Tables<'_>, op: SyncOp, inputs: &[Input]) -> String {
     let mark = tables.on_exit == OnExit::Mark;
     let change = match op {
         SyncOp::Add | SyncOp::Update => {
-            let written: Vec<&Input> = inputs.iter().skip(4).collect();
+            let written: Vec<&Input> = inputs.iter().skip(3).collect();
             let mut cols = vec!["\"audience\"".to_owned(), "\"person_id\"".to_owned()];
             let mut select = vec!["$1".to_owned(), "\"person_id\"".to_owned()];
             for i in &written {
@@ -251,7 +243,7 @@ fn sql(tables: &Tables<'_>, op: SyncOp, inputs: &[Input]) -> String {
                 select.push(format!("\"{}\"", i.name));
             }
             cols.extend(["\"entered_at\"".into(), "\"updated_at\"".into()]);
-            select.extend(["\"entered_at\"".into(), "now()".into()]);
+            select.extend(["\"occurred_at\"".into(), "now()".into()]);
             let mut set: Vec<String> = written
                 .iter()
                 .map(|i| format!("\"{0}\" = EXCLUDED.\"{0}\"", i.name))
@@ -301,7 +293,7 @@ mod tests {
         }
     }
 
-    fn person(id: &str, ltv: serde_json::Value, profile_at: i64) -> PersonRecord {
+    fn person(id: &str, ltv: serde_json::Value) -> PersonRecord {
         let mut attributes = serde_json::Map::new();
         attributes.insert("ltv".into(), ltv);
         PersonRecord {
@@ -311,7 +303,6 @@ mod tests {
             email: Some(format!("{id}@example.com")),
             phone: None,
             attributes,
-            profile_at,
         }
     }
 
@@ -340,7 +331,7 @@ mod tests {
     fn an_add_binds_one_typed_array_per_column_and_no_value_in_the_sql() {
         let s = build(
             SyncOp::Add,
-            &[person("u1", 12.5.into(), 5), person("u2", "x".into(), 5)],
+            &[person("u1", 12.5.into()), person("u2", "x".into())],
             &[1_000, 2_000],
         );
         assert_eq!(s.rows, 2);
@@ -363,7 +354,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            s.inputs[6].values,
+            s.inputs[5].values,
             ColumnValues::Double(vec![Some(12.5), None])
         );
         assert!(
@@ -384,35 +375,32 @@ mod tests {
             ColumnValues::Text(v) => v[0].clone().unwrap(),
             other => panic!("{other:?}"),
         };
-        let a = build(SyncOp::Add, &[person("u1", 1.into(), 5)], &[1_000]);
-        let again = build(SyncOp::Add, &[person("u1", 1.into(), 5)], &[1_000]);
+        let a = build(SyncOp::Add, &[person("u1", 1.into())], &[1_000]);
+        let again = build(SyncOp::Add, &[person("u1", 1.into())], &[1_000]);
         assert_eq!(key(&a), key(&again));
-        let later = build(SyncOp::Add, &[person("u1", 1.into(), 5)], &[2_000]);
+        let later = build(SyncOp::Add, &[person("u1", 1.into())], &[2_000]);
         assert_ne!(key(&a), key(&later));
-        let update = build(SyncOp::Update, &[person("u1", 2.into(), 9_000)], &[1_000]);
+        let update = build(SyncOp::Update, &[person("u1", 2.into())], &[1_000]);
         assert_ne!(key(&a), key(&update));
-        // An update is dated by the profile's change, its stay by the entry.
-        match (&update.inputs[2].values, &update.inputs[3].values) {
-            (ColumnValues::Timestamp(o), ColumnValues::Timestamp(e)) => {
-                assert_eq!(o[0].unwrap().timestamp_millis(), 9_000);
-                assert_eq!(e[0].unwrap().timestamp_millis(), 1_000);
-            }
+        // An update keeps its membership change's time.
+        match &update.inputs[2].values {
+            ColumnValues::Timestamp(o) => assert_eq!(o[0].unwrap().timestamp_millis(), 1_000),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn a_remove_carries_only_the_keys_and_people_without_an_id_are_left_out() {
-        let mut nobody = person("x", 1.into(), 0);
+        let mut nobody = person("x", 1.into());
         nobody.customer_id = None;
         nobody.cio_id = None;
         let s = build(
             SyncOp::Remove,
-            &[person("u1", 1.into(), 0), nobody],
+            &[person("u1", 1.into()), nobody],
             &[1, 2],
         );
         assert_eq!(s.rows, 1);
-        assert_eq!(s.inputs.len(), 4);
+        assert_eq!(s.inputs.len(), 3);
         assert!(s
             .sql
             .contains("DELETE FROM \"koala\".\"audience_members\" m USING input i"));
@@ -423,10 +411,10 @@ mod tests {
     fn a_person_twice_in_a_batch_is_one_row() {
         let s = build(
             SyncOp::Add,
-            &[person("u1", 1.into(), 0), person("u1", 2.into(), 0)],
+            &[person("u1", 1.into()), person("u1", 2.into())],
             &[1, 2],
         );
         assert_eq!(s.rows, 1);
-        assert_eq!(s.inputs[6].values, ColumnValues::Double(vec![Some(2.0)]));
+        assert_eq!(s.inputs[5].values, ColumnValues::Double(vec![Some(2.0)]));
     }
 }

@@ -126,11 +126,6 @@ pub fn events(
     properties.insert(c.audience_key.into(), json!(member));
     let mut traits = mapped;
     traits.insert(c.audience_key.into(), json!(member));
-    // An update happened when the profile changed, not at the entry.
-    let changed_at = match c.op {
-        SyncOp::Update => changed_at.max(p.profile_at),
-        SyncOp::Add | SyncOp::Remove => changed_at,
-    };
     let timestamp = (changed_at > 0)
         .then(|| chrono::DateTime::from_timestamp_millis(changed_at))
         .flatten()
@@ -247,7 +242,6 @@ mod tests {
             email: Some(format!("u{id}@example.com")),
             phone: None,
             attributes,
-            profile_at: 0,
         }
     }
 

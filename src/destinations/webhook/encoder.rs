@@ -138,7 +138,6 @@ mod tests {
             email: Some(format!("u{id}@example.com")),
             phone: Some("+14155550100".into()),
             attributes,
-            profile_at: 0,
         }
     }
 

@@ -1,5 +1,6 @@
 pub mod app;
 pub mod fake_app_api;
+pub mod fake_bigquery;
 pub mod fake_google;
 pub mod fake_meta;
 pub mod fake_segment;
