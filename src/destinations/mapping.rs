@@ -286,7 +286,6 @@ impl Mapping {
         self.fields.iter().map(|f| f.from.describe())
     }
 
-
     /// The mapped fields' names.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.fields.iter().map(|f| f.field.as_str())

@@ -165,6 +165,14 @@ async fn convergence_every_destination_holds_the_final_membership_despite_faults
             })
             .collect();
         let mut wrong = Vec::new();
+        // Settled too: nothing pending or in flight (a batch applied but
+        // not yet acknowledged is still to be retried).
+        let d = app.audience(CART).await;
+        for dest in d["destinations"].as_array().unwrap() {
+            if dest["pending_adds"] != 0 || dest["pending_removes"] != 0 || dest["in_flight"] != 0 {
+                wrong.push(format!("{} not settled", dest["destination"]));
+            }
+        }
         if meta.members(META_AUDIENCE) != members {
             wrong.push(format!("meta: {:?}", meta.members(META_AUDIENCE)));
         }

@@ -347,7 +347,6 @@ mod tests {
                 "person_id",
                 "change_key",
                 "occurred_at",
-                "entered_at",
                 "cio_id",
                 "email",
                 "ltv"
@@ -394,11 +393,7 @@ mod tests {
         let mut nobody = person("x", 1.into());
         nobody.customer_id = None;
         nobody.cio_id = None;
-        let s = build(
-            SyncOp::Remove,
-            &[person("u1", 1.into()), nobody],
-            &[1, 2],
-        );
+        let s = build(SyncOp::Remove, &[person("u1", 1.into()), nobody], &[1, 2]);
         assert_eq!(s.rows, 1);
         assert_eq!(s.inputs.len(), 3);
         assert!(s
