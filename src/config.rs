@@ -287,6 +287,7 @@ pub enum DestinationConfig {
     Segment(crate::destinations::segment::SegmentConfig),
     File(crate::destinations::file::FileConfig),
     Postgres(crate::destinations::postgres_table::PostgresConfig),
+    Snowflake(crate::destinations::snowflake::SnowflakeConfig),
 }
 
 impl DestinationConfig {
@@ -300,6 +301,7 @@ impl DestinationConfig {
             DestinationConfig::Segment(c) => c,
             DestinationConfig::File(c) => c,
             DestinationConfig::Postgres(c) => c,
+            DestinationConfig::Snowflake(c) => c,
         }
     }
 
