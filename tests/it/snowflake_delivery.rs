@@ -343,6 +343,19 @@ async fn snowflake_a_statement_resent_after_a_lost_answer_is_not_executed_twice(
     .await;
     let statuses: Vec<u16> = fake.requests().iter().skip(2).map(|r| r.status).collect();
     assert_eq!(statuses, [429, 503, 200]);
+
+    // A statement Snowflake cancelled (408) goes again under a new
+    // requestId, which is not answered with the cancellation.
+    fake.fail_next(1, 408);
+    app.segment_event(CART_SEGMENT, "u3", "entered", T0).await;
+    until("u3 in", LONG, || async {
+        fake.members(CART).contains("u3")
+    })
+    .await;
+    let r: Vec<_> = fake.requests().into_iter().skip(5).collect();
+    assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), [408, 200]);
+    assert_ne!(r[0].request_id, r[1].request_id);
+    assert!(!r[1].retry);
     assert!(fake.rejected().is_empty(), "{:?}", fake.rejected());
     app.stop().await;
 }
@@ -584,4 +597,48 @@ fn snowflake_koala_check_names_every_bad_key_and_sends_nothing() {
     let (code, err) = check(&config(&fake, ""));
     assert_eq!(code, Some(0), "{err}");
     assert!(fake.requests().is_empty(), "check sends nothing");
+}
+
+/// The README's Snowflake example is a valid config, and the DDL it shows
+/// is what `create_table = true` runs for that mapping.
+#[test]
+fn snowflake_the_readme_example_is_valid_and_its_ddl_is_what_koala_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("### Snowflake (`type = \"snowflake\"`)")
+        .unwrap();
+    let section = &readme[start..];
+    let section = &section[..section[4..].find("\n### ").unwrap() + 4];
+    let block = |lang: &str| -> String {
+        let open = section.find(&format!("```{lang}\n")).unwrap() + lang.len() + 4;
+        section[open..open + section[open..].find("```").unwrap()].to_owned()
+    };
+    let toml = block("toml").replace(
+        "private_key_path = \"/etc/koala/snowflake_key.p8\"",
+        &format!("private_key_path = \"{}\"", private_key_path()),
+    );
+    let config =
+        koala::config::Config::from_toml(&base_config(&toml)).expect("the example is valid");
+    let entry = config.destination("warehouse").unwrap();
+    let koala::config::DestinationConfig::Snowflake(sf) = &entry.platform else {
+        panic!("not snowflake")
+    };
+    let mapping = entry.mapping(&Default::default()).unwrap();
+    let ddl = koala::destinations::snowflake::encoder::Layout::new(sf, &mapping)
+        .unwrap()
+        .create_table();
+    let shown: String = block("sql")
+        .lines()
+        .map(|l| l.split("--").next().unwrap())
+        .collect::<String>()
+        .trim_end()
+        .trim_end_matches(';')
+        .to_owned();
+    let squash = |s: &str| s.split_whitespace().collect::<String>();
+    assert_eq!(
+        squash(&shown),
+        squash(&ddl),
+        "README:\n{shown}\nkoala:\n{ddl}"
+    );
 }

@@ -10,7 +10,9 @@
 //!   statement's outcome rather than executing it again.
 //! - 408 (the statement ran past `statement_timeout` and was cancelled),
 //!   429, 5xx, transport failures: retry later, after `Retry-After` when
-//!   given.
+//!   given. A cancelled statement is sent again under a new request id
+//!   (derived from its content and the number of cancellations), in case
+//!   Snowflake would answer the old one with the cancellation.
 //! - 422 (the statement failed): a missing object, an invalid identifier,
 //!   no usable warehouse or a missing privilege pauses the destination
 //!   with Snowflake's words (they name the object, never a value); any
@@ -20,12 +22,13 @@
 //! - 401: the JWT is signed anew once and the request sent again; a second
 //!   401 pauses. 403 pauses. 404 pauses (a wrong account or `base_url`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use super::auth::KeyPairAuth;
 use super::request::{self, Context};
@@ -48,6 +51,11 @@ pub struct Service {
     poll_interval: Duration,
     patience: Duration,
     submitted: Mutex<(HashSet<uuid::Uuid>, VecDeque<uuid::Uuid>)>,
+    /// Statements Snowflake cancelled (408), by their content's request
+    /// id: how many times. Such a statement is sent again under a request
+    /// id derived from both, so a resubmission is not answered with the
+    /// cancellation. Forgotten on restart (the next 408 counts anew).
+    cancelled: Mutex<HashMap<uuid::Uuid, u32>>,
 }
 
 /// What the SQL API says in a `QueryStatus` or `QueryFailureStatus`.
@@ -88,6 +96,7 @@ impl Service {
             poll_interval,
             patience: request_timeout,
             submitted: Mutex::new((HashSet::new(), VecDeque::new())),
+            cancelled: Mutex::new(HashMap::new()),
         })
     }
 
@@ -105,6 +114,35 @@ impl Service {
             }
         }
         false
+    }
+
+    /// The request id to submit the statement of `content_id` under.
+    fn request_id(&self, content_id: uuid::Uuid) -> uuid::Uuid {
+        let times = self
+            .cancelled
+            .lock()
+            .expect("cancelled")
+            .get(&content_id)
+            .copied()
+            .unwrap_or(0);
+        if times == 0 {
+            return content_id;
+        }
+        let mut h = Sha256::new();
+        h.update(content_id.as_bytes());
+        h.update(times.to_be_bytes());
+        let digest = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
+
+    fn note_cancelled(&self, content_id: uuid::Uuid) {
+        let mut c = self.cancelled.lock().expect("cancelled");
+        if c.len() > REMEMBERED_REQUEST_IDS {
+            c.clear();
+        }
+        *c.entry(content_id).or_default() += 1;
     }
 
     fn token(&self, refused: Option<&Secret>) -> Result<Secret, SendOutcome> {
@@ -149,15 +187,17 @@ impl Service {
         }
     }
 
-    /// Executes one statement under `request_id`: `Ok` once Snowflake says
-    /// it executed.
+    /// Executes one statement whose content makes `content_id` (its
+    /// request id unless Snowflake cancelled it before): `Ok` once
+    /// Snowflake says it executed.
     pub async fn execute(
         &self,
         sql: &str,
         bindings: Option<serde_json::Value>,
-        request_id: uuid::Uuid,
+        content_id: uuid::Uuid,
     ) -> Result<(), SendOutcome> {
         let started = Instant::now();
+        let request_id = self.request_id(content_id);
         let body =
             serde_json::to_vec(&request::body(sql, bindings, &self.ctx)).expect("serializable");
         let retry = self.seen(request_id);
@@ -175,6 +215,9 @@ impl Service {
             .await?;
         let mut answer = answer;
         loop {
+            if answer.status == 408 {
+                self.note_cancelled(content_id);
+            }
             if answer.status != 202 {
                 return self.classify(&answer);
             }

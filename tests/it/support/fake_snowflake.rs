@@ -29,8 +29,9 @@
 //! delete), the guard compared on `CHANGED_AT`. It reads the source rows from the bindings and keeps an
 //! in-memory membership table; a missing table or column is answered 422
 //! as Snowflake words it (002003, 000904), a duplicate source row 422
-//! (100090). Faults can be scripted: statuses before executing, a status
-//! after executing (a lost answer), 202 for a number of polls.
+//! (100090). Faults can be scripted: statuses before executing (a 408 is
+//! kept as the requestId's outcome, as a cancelled statement's would be),
+//! a status after executing (a lost answer), 202 for a number of polls.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -553,13 +554,19 @@ async fn route(
         Some(Fault::Fail {
             status,
             retry_after,
-        }) => (
-            Outcome {
+        }) => {
+            let o = Outcome {
                 status,
                 body: error_body("000000", "", "scripted"),
-            },
-            retry_after,
-        ),
+            };
+            if status == 408 {
+                // Cancelled after running past its timeout: what a retry
+                // of this requestId would be answered (UNCONFIRMED: the
+                // strict reading).
+                s.outcomes.insert(id.clone(), o.clone());
+            }
+            (o, retry_after)
+        }
         Some(Fault::AfterExecuting { status }) => {
             let o = execute(&mut s, &id, &statement, &bindings, &mut log);
             s.outcomes.insert(id.clone(), o);
