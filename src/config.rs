@@ -286,6 +286,7 @@ pub enum DestinationConfig {
     File(crate::destinations::file::FileConfig),
     Postgres(crate::destinations::postgres_table::PostgresConfig),
     Bigquery(crate::destinations::bigquery::BigQueryConfig),
+    Snowflake(crate::destinations::snowflake::SnowflakeConfig),
 }
 
 impl DestinationConfig {
@@ -300,6 +301,7 @@ impl DestinationConfig {
             DestinationConfig::File(c) => c,
             DestinationConfig::Postgres(c) => c,
             DestinationConfig::Bigquery(c) => c,
+            DestinationConfig::Snowflake(c) => c,
         }
     }
 

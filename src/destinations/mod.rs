@@ -13,6 +13,7 @@ pub mod postgres_table;
 pub mod segment;
 mod settings;
 pub mod signed_jwt;
+pub mod snowflake;
 pub mod tiktok_audiences;
 pub mod webhook;
 

@@ -22,6 +22,7 @@ mod meta_fake_contract;
 mod openapi;
 mod resync;
 mod segment_delivery;
+mod snowflake_delivery;
 mod tiktok_delivery;
 mod tiktok_fake_contract;
 mod warehouse_pg;

@@ -4,6 +4,7 @@ pub mod fake_bigquery;
 pub mod fake_google;
 pub mod fake_meta;
 pub mod fake_segment;
+pub mod fake_snowflake;
 pub mod fake_tiktok;
 pub mod fake_webhook_receiver;
 pub mod postgres;
