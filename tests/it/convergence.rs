@@ -1,12 +1,14 @@
 //! One audience synced to every kind of destination at once — Meta, the
-//! signed webhook, Segment and the PostgreSQL warehouse table (BigQuery
-//! and Snowflake join as their fakes land) — through a stream of entries,
-//! exits, re-entries and attribute changes delivered out of order and
-//! partly twice, while two destinations fail: the webhook receiver
-//! applies batches and then answers 503 (a lost acknowledgement) or 500,
-//! and Segment throttles and fails after applying. Every destination must
-//! end up holding exactly Customer.io's final membership with each
-//! member's newest mapped value, with nothing left pending or dead.
+//! signed webhook, Segment, the PostgreSQL warehouse table, BigQuery and
+//! Snowflake — through a stream of entries, exits, re-entries and
+//! attribute changes delivered out of order and partly twice, while
+//! destinations fail: the webhook receiver applies batches and then
+//! answers 503 (a lost acknowledgement) or 500; Segment throttles and
+//! fails after applying; BigQuery stores rows and answers 503, and
+//! throttles; Snowflake executes and answers 503, throttles, and answers
+//! 202 until polled; Meta throttles. Every destination must end up
+//! holding exactly Customer.io's final membership with each member's
+//! newest mapped value, with nothing left pending or dead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -14,8 +16,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::app::*;
+use crate::support::fake_bigquery::FakeBigQuery;
 use crate::support::fake_meta::{FakeMeta, ScriptedResponse};
 use crate::support::fake_segment::{FakeSegment, Mode};
+use crate::support::fake_snowflake::FakeSnowflake;
 use crate::support::fake_webhook_receiver::FakeWebhookReceiver;
 use crate::support::postgres::scratch;
 
@@ -88,15 +92,26 @@ async fn convergence_every_destination_holds_the_final_membership_despite_faults
     let meta = FakeMeta::start().await;
     let rx = FakeWebhookReceiver::start(&[SECRET]).await;
     let segment = FakeSegment::start(Mode::Basic).await;
+    let bigquery = FakeBigQuery::start().await;
+    let snowflake = FakeSnowflake::start().await;
     let fast = "max_batch = 7\nbase_backoff = \"20ms\"\nmax_backoff = \"100ms\"";
     let cfg = base_config("")
         + &meta.destination_toml("meta", "max_batch = 7")
         + &rx.destination_toml("hook", &[SECRET], &format!("{LTV_MAP}\nmax_batch = 7"))
         + &segment.destination_toml("segment", &format!("{LTV_MAP}\nmax_batch = 7"))
         + &db.destination_toml("warehouse", &format!("{LTV_MAP}\n{fast}"))
+        + &bigquery.destination_toml(
+            "bigquery",
+            "changes",
+            &format!("{LTV_MAP}\nmax_batch = 7\ncreate_table = true"),
+        )
+        + &snowflake.destination_toml(
+            "snowflake",
+            &format!("{LTV_MAP}\nmax_batch = 7\ncreate_table = true"),
+        )
         + &cart_audience(
             &format!(
-                r#"{{ destination = "meta", audience_id = "{META_AUDIENCE}" }}, {{ destination = "hook" }}, {{ destination = "segment", audience_id = "{SEGMENT_KEY}" }}, {{ destination = "warehouse" }}"#
+                r#"{{ destination = "meta", audience_id = "{META_AUDIENCE}" }}, {{ destination = "hook" }}, {{ destination = "segment", audience_id = "{SEGMENT_KEY}" }}, {{ destination = "warehouse" }}, {{ destination = "bigquery" }}, {{ destination = "snowflake" }}"#
             ),
             "mirror",
         );
@@ -110,6 +125,12 @@ async fn convergence_every_destination_holds_the_final_membership_despite_faults
     }
     segment.push_after_applying(500);
     segment.push_after_applying(500);
+    bigquery.fail_next_after_storing(2, 503);
+    bigquery.fail_next(2, 429);
+    snowflake.fail_next_after_executing(503);
+    snowflake.throttle_next(429, 0);
+    snowflake.async_next(2);
+    snowflake.fail_next_after_executing(500);
 
     let app = TestApp::start_with(&cfg).await;
     let events = stream();
@@ -164,6 +185,30 @@ async fn convergence_every_destination_holds_the_final_membership_despite_faults
                 (id, v)
             })
             .collect();
+        let bq: BTreeMap<String, f64> = bigquery
+            .members("changes")
+            .into_iter()
+            .filter(|((audience, _), _)| audience == CART)
+            .map(|((_, id), r)| {
+                (
+                    id,
+                    r.get("lifetime_value")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(-1.0),
+                )
+            })
+            .collect();
+        let sf: BTreeMap<String, f64> = snowflake
+            .members(CART)
+            .into_iter()
+            .map(|id| {
+                let v = snowflake
+                    .row(CART, &id)
+                    .and_then(|r| r.get("LIFETIME_VALUE").and_then(Value::as_f64))
+                    .unwrap_or(-1.0);
+                (id, v)
+            })
+            .collect();
         let mut wrong = Vec::new();
         // Settled too: nothing pending or in flight (a batch applied but
         // not yet acknowledged is still to be retried).
@@ -180,6 +225,8 @@ async fn convergence_every_destination_holds_the_final_membership_despite_faults
             ("warehouse", &table),
             ("webhook", &hook),
             ("segment", &segment_traits),
+            ("bigquery", &bq),
+            ("snowflake", &sf),
         ] {
             if *held != want {
                 wrong.push(format!("{name}: {held:?}"));
@@ -220,6 +267,19 @@ async fn convergence_every_destination_holds_the_final_membership_despite_faults
     let seg_statuses: Vec<u16> = segment.requests().iter().map(|r| r.status).collect();
     assert_eq!(answered(seg_statuses.clone(), 429), 3, "{seg_statuses:?}");
     assert_eq!(answered(seg_statuses, 500), 2);
+    let bq_statuses: Vec<u16> = bigquery.requests().iter().map(|r| r.status).collect();
+    assert_eq!(answered(bq_statuses.clone(), 503), 2, "{bq_statuses:?}");
+    assert_eq!(answered(bq_statuses, 429), 2);
+    let sf_statuses: Vec<u16> = snowflake.requests().iter().map(|r| r.status).collect();
+    assert_eq!(answered(sf_statuses.clone(), 503), 1, "{sf_statuses:?}");
+    assert_eq!(answered(sf_statuses.clone(), 429), 1);
+    assert!(answered(sf_statuses, 202) >= 1);
+    assert!(bigquery.rejected().is_empty(), "{:?}", bigquery.rejected());
+    assert!(
+        snowflake.rejected().is_empty(),
+        "{:?}",
+        snowflake.rejected()
+    );
     app.stop().await;
     db.drop().await;
 }
