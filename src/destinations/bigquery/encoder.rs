@@ -34,14 +34,6 @@ pub fn timestamp(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-/// The `person_id` column: the Customer.io id, else `cio_id`.
-pub fn person_key(p: &PersonRecord) -> Option<&str> {
-    p.customer_id
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .or(p.cio_id.as_deref().filter(|s| !s.is_empty()))
-}
-
 /// `insertId` (and `change_id`): hex SHA-256 over the destination, the
 /// audience, the op, the koala person, the Customer.io time of the change
 /// and the row's content without `synced_at`. A retry of the same change
@@ -77,7 +69,7 @@ impl Encoder<'_> {
         changed_at: i64,
         synced_at: &str,
     ) -> Result<Vec<u8>, String> {
-        let person = person_key(p).ok_or("no person id: the person has neither id nor cio_id")?;
+        let person = p.row_id().ok_or("no person id: the person has neither id nor cio_id")?;
         let mut content = Map::new();
         content.insert("audience".into(), json!(target.platform_audience_id));
         content.insert("person_id".into(), json!(person));

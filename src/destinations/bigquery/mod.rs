@@ -181,7 +181,7 @@ impl Destination for BigQueryDestination {
     }
 
     fn can_address(&self, person: &PersonRecord) -> bool {
-        encoder::person_key(person).is_some()
+        person.row_id().is_some()
     }
 
     fn needs_profile(&self) -> bool {

@@ -252,7 +252,7 @@ impl Destination for PostgresDestination {
     }
 
     fn can_address(&self, person: &PersonRecord) -> bool {
-        writer::person_id(person).is_some()
+        person.row_id().is_some()
     }
 
     fn needs_profile(&self) -> bool {

@@ -73,11 +73,6 @@ pub struct Statement {
     pub rows: usize,
 }
 
-/// Who a row is: the Customer.io id, or its cio_id when it has none.
-pub fn person_id(p: &PersonRecord) -> Option<&str> {
-    p.customer_id.as_deref().or(p.cio_id.as_deref())
-}
-
 pub struct Tables<'a> {
     pub schema: &'a str,
     pub members: &'a str,
@@ -102,7 +97,7 @@ pub fn statement(
     let mut chosen: Vec<(usize, &str)> = Vec::with_capacity(people.len());
     let mut seen = std::collections::HashMap::new();
     for (i, p) in people.iter().enumerate() {
-        let Some(id) = person_id(p) else { continue };
+        let Some(id) = p.row_id() else { continue };
         match seen.get(id) {
             Some(&slot) => chosen[slot] = (i, id),
             None => {

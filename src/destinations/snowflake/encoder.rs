@@ -241,14 +241,6 @@ impl Layout {
     }
 }
 
-/// `person_id`: the Customer.io id, else `cio_id`.
-pub fn person_id(p: &PersonRecord) -> Option<&str> {
-    [p.customer_id.as_deref(), p.cio_id.as_deref()]
-        .into_iter()
-        .flatten()
-        .find(|s| !s.is_empty())
-}
-
 fn identifier(p: &PersonRecord, i: Identifier) -> Option<String> {
     match i {
         Identifier::Id => p.customer_id.clone(),
@@ -331,7 +323,7 @@ pub fn statements(
         std::collections::BTreeMap::new();
     let now = chrono::Utc::now().timestamp_millis();
     for (i, p) in people.iter().enumerate() {
-        let Some(pid) = person_id(p) else { continue };
+        let Some(pid) = p.row_id() else { continue };
         // Customer.io's time of the membership change, the row's clock: it
         // only grows for a person in an audience (latest wins), so it
         // orders the statements of one row whatever order they land in.

@@ -95,7 +95,7 @@ impl Destination for SnowflakeDestination {
 
     /// A row is keyed by the Customer.io id, else `cio_id`.
     fn can_address(&self, person: &PersonRecord) -> bool {
-        encoder::person_id(person).is_some()
+        person.row_id().is_some()
     }
 
     fn needs_profile(&self) -> bool {
