@@ -350,7 +350,7 @@ impl BigQueryDestination {
                 return vec![format!(
                     "service account {} could not read table {path}: {}",
                     self.client_email,
-                    reason_of(&o)
+                    o.reason()
                 )]
             }
         };
@@ -377,17 +377,6 @@ impl BigQueryDestination {
             }
         }
         problems
-    }
-}
-
-/// The reason an outcome carries.
-fn reason_of(o: &SendOutcome) -> String {
-    match o {
-        SendOutcome::RetryLater { reason, .. }
-        | SendOutcome::Permanent { reason }
-        | SendOutcome::DestinationDown { reason }
-        | SendOutcome::PausedUntil { reason, .. } => reason.clone(),
-        other => other.class().to_owned(),
     }
 }
 
