@@ -125,6 +125,17 @@ impl SendOutcome {
         }
     }
 
+    /// The reason an outcome carries; the class for those without one.
+    pub fn reason(&self) -> String {
+        match self {
+            SendOutcome::RetryLater { reason, .. }
+            | SendOutcome::Permanent { reason }
+            | SendOutcome::DestinationDown { reason }
+            | SendOutcome::PausedUntil { reason, .. } => reason.clone(),
+            other => other.class().to_owned(),
+        }
+    }
+
     pub fn class(&self) -> &'static str {
         match self {
             SendOutcome::Success { .. } => "success",

@@ -5,8 +5,9 @@
 //! the access token is refreshed after expiry and after a 401, big
 //! batches are split and a row too big alone is dead-lettered,
 //! `create_table` creates the table and the view, schema drift pauses
-//! naming the field, failures retry or pause, and `koala check` names the
-//! keys. First, the fake itself.
+//! naming the field, failures retry or pause, `koala check` names the
+//! keys and `koala check --online` reads the table's schema without
+//! writing. First, the fake itself.
 
 use std::time::Duration;
 
@@ -70,6 +71,19 @@ async fn bq_post(fake: &FakeBigQuery, path: &str, token: &str, body: &Value) -> 
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+async fn bq_get(fake: &FakeBigQuery, path: &str, token: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}/tables{path}",
+            fake.base_url()
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test]
 async fn bigquery_the_fake_enforces_the_documented_contract() {
     let fake = FakeBigQuery::start().await;
@@ -117,6 +131,25 @@ async fn bigquery_the_fake_enforces_the_documented_contract() {
     assert_eq!(
         (status, body["error"]["errors"][0]["reason"].as_str()),
         (409, Some("duplicate"))
+    );
+
+    // tables.get: a token; the schema in tables.get's own type names.
+    assert_eq!(bq_get(&fake, "/t", "ya29.not-issued").await.0, 401);
+    let (status, body) = bq_get(&fake, "/t", &token).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (200, Some("TABLE")),
+        "{body}"
+    );
+    assert_eq!(
+        body["schema"]["fields"],
+        json!([{"name": "id", "type": "STRING", "mode": "REQUIRED"},
+               {"name": "n", "type": "INTEGER", "mode": "NULLABLE"}])
+    );
+    let (status, body) = bq_get(&fake, "/nope", &token).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (404, Some("Not found: Table fake-project:koala.nope"))
     );
 
     // insertAll: unknown table, unknown field, wrong type, missing required.
@@ -837,4 +870,163 @@ map = { "9lives" = "cats", change = "x" }
     let (code, err) = check(&path);
     assert_eq!(code, Some(0), "{err}");
     assert!(fake.requests().is_empty());
+}
+
+/// The columns koala writes with the default identifiers and no mapping,
+/// as `create_table` makes them.
+const KOALA_COLUMNS: &[(&str, &str, bool)] = &[
+    ("change_id", "STRING", true),
+    ("audience", "STRING", true),
+    ("person_id", "STRING", true),
+    ("cio_id", "STRING", false),
+    ("change", "STRING", true),
+    ("occurred_at", "TIMESTAMP", false),
+    ("synced_at", "TIMESTAMP", true),
+    ("email", "STRING", false),
+    ("phone", "STRING", false),
+];
+
+fn check_online(path: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_koala"))
+        .args(["check", "--online", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// Multi-threaded: the fake answers while the test waits for the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bigquery_check_online_reads_the_table_and_names_drift_without_writing() {
+    let fake = FakeBigQuery::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("koala.toml");
+    let map = r#"map = { plan = "plan", lifetime_value = { from = "ltv", type = "number" } }"#;
+    let table_path = format!("{PROJECT}.{DATASET}.{TABLE}");
+
+    // No table and no create_table: named.
+    std::fs::write(&path, config(&fake, map)).unwrap();
+    let (code, _, err) = check_online(&path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "destinations.bq: bigquery table {table_path} does not exist"
+        )) && err.contains("create_table = true"),
+        "{err}"
+    );
+    // With create_table a missing table is fine (the first send creates
+    // it), and the check creates nothing.
+    std::fs::write(&path, config(&fake, &format!("create_table = true\n{map}"))).unwrap();
+    let (code, out, err) = check_online(&path);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("destinations: ok"), "{out}");
+    assert!(fake.table(TABLE).is_none());
+
+    // A table made for an earlier mapping: lifetime_value a STRING, no plan.
+    let mut columns = KOALA_COLUMNS.to_vec();
+    columns.push(("lifetime_value", "STRING", false));
+    fake.create_table(TABLE, &columns);
+    let (code, _, err) = check_online(&path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "bigquery table {table_path} column lifetime_value is STRING, but koala writes FLOAT64"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "has no column plan, which koala writes: add it (ALTER TABLE `{table_path}` ADD COLUMN plan STRING)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("destinations: 2 problem(s)"), "{err}");
+    // Fixed: the table fits (FLOAT64 is answered as FLOAT).
+    columns.pop();
+    columns.extend([
+        ("lifetime_value", "FLOAT64", false),
+        ("plan", "STRING", false),
+    ]);
+    fake.create_table(TABLE, &columns);
+    let (code, out, err) = check_online(&path);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("destinations: ok (read, nothing sent)"),
+        "{out}"
+    );
+
+    // Only tokens and tables.get: nothing streamed, nothing created, and
+    // every tables.get carried a token the fake issued.
+    let kinds: Vec<Kind> = fake.requests().iter().map(|r| r.kind).collect();
+    assert!(
+        kinds
+            .iter()
+            .all(|k| matches!(k, Kind::Token | Kind::TablesGet)),
+        "{kinds:?}"
+    );
+    assert_eq!(fake.requests_of(Kind::TablesGet).len(), 4);
+    assert!(fake.rows(TABLE).is_empty());
+    assert!(fake.table(&format!("{TABLE}_members")).is_none(), "no view");
+    assert!(
+        fake.rejected().iter().all(|(s, _)| *s == 404),
+        "{:?}",
+        fake.rejected()
+    );
+
+    // A refused assertion: the service account is named, never the key.
+    fake.refuse_assertions(true);
+    let (code, _, err) = check_online(&path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "service account {CLIENT_EMAIL} could not read table {table_path}"
+        )) && err.contains("invalid_grant"),
+        "{err}"
+    );
+    let key_line = PRIVATE_KEY.lines().nth(1).unwrap();
+    assert!(
+        !err.contains(key_line) && !err.contains("PRIVATE KEY"),
+        "{err}"
+    );
+    fake.refuse_assertions(false);
+    // Permission refused (403): the permission a read needs is named.
+    fake.fail_next_with(1, 403, "accessDenied", None);
+    let (_, _, err) = check_online(&path);
+    assert!(
+        err.contains(CLIENT_EMAIL)
+            && err.contains("HTTP 403 accessDenied")
+            && err.contains("bigquery.tables.get"),
+        "{err}"
+    );
+    // A dataset that does not exist, even with create_table.
+    let text = config(&fake, &format!("create_table = true\n{map}"))
+        .replace(&format!("dataset = \"{DATASET}\""), "dataset = \"missing\"");
+    std::fs::write(&path, text).unwrap();
+    let (_, _, err) = check_online(&path);
+    assert!(
+        err.contains(&format!(
+            "bigquery dataset {PROJECT}.missing does not exist"
+        )),
+        "{err}"
+    );
+    // BigQuery unreachable.
+    let text = config(&fake, map).replace(
+        &format!("base_url = \"{}\"", fake.base_url()),
+        "base_url = \"http://127.0.0.1:9\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let (code, _, err) = check_online(&path);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "could not reach BigQuery to read table {table_path}"
+        )),
+        "{err}"
+    );
+    assert!(fake.requests_of(Kind::InsertAll).is_empty());
+    assert!(fake.requests_of(Kind::TablesInsert).is_empty());
 }

@@ -5,7 +5,8 @@
 //! the JWT is signed anew before it expires and after a 401; a table that
 //! does not match the mapping pauses with Snowflake's words; exits mark or
 //! delete; batches are cut to the statement limits; `koala check` names
-//! every bad key without sending anything. First, the fake itself.
+//! every bad key without sending anything, and `koala check --online`
+//! reads the table's columns without writing. First, the fake itself.
 
 use std::time::Duration;
 
@@ -641,4 +642,154 @@ fn snowflake_the_readme_example_is_valid_and_its_ddl_is_what_koala_runs() {
         squash(&ddl),
         "README:\n{shown}\nkoala:\n{ddl}"
     );
+}
+
+#[test]
+fn snowflake_check_online_reads_the_columns_and_names_drift_without_writing() {
+    // Its own runtime: the fake answers while the test waits for koala.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fake = rt.block_on(FakeSnowflake::start());
+    let dir = tempfile::tempdir().unwrap();
+    let check = |text: &str| {
+        let path = dir.path().join("koala.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_koala"))
+            .args(["check", "--online", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let map = r#"map = { plan = "plan", ltv = { from = "ltv", type = "number" } }"#;
+
+    // No table and no create_table: named.
+    let (code, _, err) = check(&config(&fake, map));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "destinations.sf: snowflake table {QUALIFIED} does not exist"
+        )) && err.contains("create_table = true"),
+        "{err}"
+    );
+    // With create_table a missing table is fine, and nothing is created.
+    let create = format!("create_table = true\n{map}");
+    let (code, out, err) = check(&config(&fake, &create));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("destinations: ok (read, nothing sent)"),
+        "{out}"
+    );
+    assert!(fake.table(QUALIFIED).is_none());
+
+    // Made by hand for an earlier mapping: LTV a NUMBER, no PLAN.
+    fake.create_table(QUALIFIED, &[("LTV", "NUMBER")]);
+    let (code, _, err) = check(&config(&fake, map));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "snowflake table {QUALIFIED} column LTV is NUMBER, but koala writes FLOAT"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "has no column PLAN, which koala writes: add it (ALTER TABLE \"ANALYTICS\".\"CRM\".\"AUDIENCE_MEMBERS\" ADD COLUMN \"PLAN\" VARCHAR) or take it out of map"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("destinations: 2 problem(s)"), "{err}");
+    // Fixed: it fits.
+    fake.create_table(QUALIFIED, &[("LTV", "FLOAT"), ("PLAN", "VARCHAR")]);
+    let (code, out, err) = check(&config(&fake, map));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("destinations: ok"), "{out}");
+
+    // Only SELECTs ran: no MERGE, no CREATE, nothing refused.
+    let statements: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.statement)
+        .collect();
+    assert_eq!(statements.len(), 4, "{statements:?}");
+    assert!(
+        statements.iter().all(|s| s.starts_with("SELECT ")),
+        "{statements:?}"
+    );
+    assert_eq!((fake.dml_executions(), fake.ddl_executions()), (0, 0));
+    assert!(fake.table(QUALIFIED).unwrap().rows.is_empty());
+    assert!(fake.rejected().is_empty(), "{:?}", fake.rejected());
+
+    // A table as koala's own create_table makes it fits (NOT NULL where
+    // koala always writes).
+    let fresh = rt.block_on(FakeSnowflake::start());
+    let text = config(&fresh, &create);
+    let parsed = koala::config::Config::from_toml(&text).unwrap();
+    let entry = parsed.destination("sf").unwrap();
+    let koala::config::DestinationConfig::Snowflake(sf) = &entry.platform else {
+        panic!("not snowflake")
+    };
+    let mapping = entry.mapping(&Default::default()).unwrap();
+    let ddl = koala::destinations::snowflake::encoder::Layout::new(sf, &mapping)
+        .unwrap()
+        .create_table();
+    let (status, answer) = rt.block_on(submit(
+        &fresh,
+        &format!("?requestId={}", uuid::Uuid::new_v4()),
+        Some(&token(ACCOUNT, USER, 3540)),
+        &body(&ddl, json!({})),
+    ));
+    assert_eq!(status, 200, "{answer}");
+    assert!(fresh
+        .table(QUALIFIED)
+        .unwrap()
+        .not_null
+        .contains(&"UPDATED_AT".to_owned()));
+    let (code, _, err) = check(&config(&fresh, map));
+    assert_eq!(code, Some(0), "{err}");
+
+    // A key the user does not have: the user is named, never the key.
+    let other =
+        config(&fake, map).replace(&format!("user = \"{USER}\""), "user = \"someone_else\"");
+    let (code, _, err) = check(&other);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "user SOMEONE_ELSE could not read the columns of table {QUALIFIED}"
+        )) && err.contains("HTTP 401")
+            && err.contains("RSA_PUBLIC_KEY"),
+        "{err}"
+    );
+    let key_line = PRIVATE_KEY.lines().nth(1).unwrap();
+    assert!(
+        !err.contains(key_line) && !err.contains("PRIVATE KEY"),
+        "{err}"
+    );
+    // Refused (403).
+    fake.fail_next(1, 403);
+    let (_, _, err) = check(&config(&fake, map));
+    assert!(
+        err.contains(&format!(
+            "user {} could not read",
+            USER.to_ascii_uppercase()
+        )) && err.contains("network policies"),
+        "{err}"
+    );
+    // Snowflake unreachable.
+    let down = config(&fake, map).replace(
+        &format!("base_url = \"{}\"", fake.base_url()),
+        "base_url = \"http://127.0.0.1:9\"",
+    );
+    let (code, _, err) = check(&down);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "could not reach Snowflake to read the columns of table {QUALIFIED}"
+        )),
+        "{err}"
+    );
+    assert_eq!((fake.dml_executions(), fake.ddl_executions()), (0, 0));
 }

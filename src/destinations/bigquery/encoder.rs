@@ -69,7 +69,9 @@ impl Encoder<'_> {
         changed_at: i64,
         synced_at: &str,
     ) -> Result<Vec<u8>, String> {
-        let person = p.row_id().ok_or("no person id: the person has neither id nor cio_id")?;
+        let person = p
+            .row_id()
+            .ok_or("no person id: the person has neither id nor cio_id")?;
         let mut content = Map::new();
         content.insert("audience".into(), json!(target.platform_audience_id));
         content.insert("person_id".into(), json!(person));

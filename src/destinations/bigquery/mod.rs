@@ -26,7 +26,7 @@ use super::google_oauth::{Grant, TokenSource};
 use super::{DeliverySettings, Destination, Mapping, RefusedRow, SendOutcome, SendTarget};
 use crate::audiences::{AudienceDef, SyncOp};
 use crate::person::PersonRecord;
-use service::{Failure, Service, Verdict};
+use service::{Failure, Lookup, Service, Verdict};
 
 /// A table koala just created may answer 404 to streaming for a while
 /// (UNCONFIRMED how long): within this window a 404 is retried.
@@ -38,6 +38,8 @@ pub struct BigQueryDestination {
     delivery: DeliverySettings,
     endpoints: request::Endpoints,
     service: Service,
+    /// The service account koala acts as (named in `koala check --online`).
+    client_email: String,
     /// Mapping fingerprints whose table and view are known to exist
     /// (with `create_table`), and when koala created the table.
     ensured: tokio::sync::Mutex<(HashSet<String>, Option<Instant>)>,
@@ -58,6 +60,7 @@ impl BigQueryDestination {
         }
         let account = config.service_account().map_err(anyhow::Error::msg)?;
         let client = crate::outbound::client(delivery.request_timeout)?;
+        let client_email = account.client_email.clone();
         let tokens = TokenSource::new(
             client.clone(),
             config.token_endpoint(&account),
@@ -76,6 +79,7 @@ impl BigQueryDestination {
                 &config.table,
             )?,
             service: Service::new(client, tokens),
+            client_email,
             ensured: Default::default(),
             name,
             config,
@@ -303,6 +307,76 @@ impl Destination for BigQueryDestination {
             refused.sort_by_key(|r| r.index);
             SendOutcome::PartlyRefused { refused }
         }
+    }
+
+    /// The table's columns (`tables.get`) against those koala writes for
+    /// `mappings`; nothing is sent or created.
+    async fn verify(&self, mappings: &[&Mapping]) -> Vec<String> {
+        self.check_table(mappings).await
+    }
+}
+
+impl BigQueryDestination {
+    /// `koala check --online`: `tables.get` of the table, its columns
+    /// against those koala writes for each mapping. Reads only.
+    async fn check_table(&self, mappings: &[&Mapping]) -> Vec<String> {
+        let c = &self.config;
+        let path = c.table_path();
+        let dataset = format!("{}.{}", c.project, c.dataset);
+        let lookup = self
+            .service
+            .get_table(&self.endpoints.table, &self.table_label(), &dataset)
+            .await;
+        let table = match lookup {
+            Ok(Lookup::Found(table)) => table,
+            Ok(Lookup::Missing { dataset: true }) => {
+                return vec![format!(
+                    "bigquery dataset {dataset} does not exist: create it (koala creates the table and the view, not the dataset)"
+                )]
+            }
+            // Created at the first send.
+            Ok(Lookup::Missing { .. }) if c.create_table => return Vec::new(),
+            Ok(Lookup::Missing { .. }) => {
+                return vec![format!(
+                    "bigquery table {path} does not exist: create it (see the README's schema) or set create_table = true"
+                )]
+            }
+            Err(SendOutcome::RetryLater { reason, .. }) => {
+                return vec![format!(
+                    "could not reach BigQuery to read table {path}: {reason}; try again"
+                )]
+            }
+            Err(o) => {
+                return vec![format!(
+                    "service account {} could not read table {path}: {}",
+                    self.client_email,
+                    o.reason()
+                )]
+            }
+        };
+        if table["type"].as_str().is_some_and(|t| t != "TABLE") {
+            return vec![format!(
+                "bigquery {path} is a {}, not a table koala can stream into: set table to a table",
+                table["type"].as_str().unwrap_or_default()
+            )];
+        }
+        let found = schema::found_fields(&table);
+        let none = Mapping::default();
+        let mappings: Vec<&Mapping> = if mappings.is_empty() {
+            vec![&none]
+        } else {
+            mappings.to_vec()
+        };
+        let mut problems: Vec<String> = Vec::new();
+        for m in mappings {
+            let columns = schema::columns(&c.identifiers, c.hash_identifiers, m);
+            for p in schema::drift(&path, &columns, &found) {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+        }
+        problems
     }
 }
 

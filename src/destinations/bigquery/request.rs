@@ -1,7 +1,9 @@
 //! The BigQuery v2 REST endpoints koala calls: `tabledata.insertAll`
-//! (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tabledata/insertAll>)
-//! and `tables.insert`
-//! (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/insert>).
+//! (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tabledata/insertAll>),
+//! `tables.insert`
+//! (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/insert>)
+//! and, for `koala check --online`, `tables.get`
+//! (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/get>).
 //! Path segments are percent-encoded; a path in `base_url` is kept.
 
 use url::Url;
@@ -12,6 +14,8 @@ pub struct Endpoints {
     pub insert_all: Url,
     /// `…/projects/{p}/datasets/{d}/tables` (tables.insert).
     pub tables: Url,
+    /// `…/projects/{p}/datasets/{d}/tables/{t}` (tables.get).
+    pub table: Url,
 }
 
 impl Endpoints {
@@ -32,6 +36,7 @@ impl Endpoints {
         Ok(Endpoints {
             insert_all: url(&[table, "insertAll"])?,
             tables: url(&[])?,
+            table: url(&[table])?,
         })
     }
 }
@@ -56,6 +61,10 @@ mod tests {
         assert_eq!(
             e.tables.as_str(),
             "https://bigquery.googleapis.com/bigquery/v2/projects/my-proj/datasets/marketing/tables"
+        );
+        assert_eq!(
+            e.table.as_str(),
+            "https://bigquery.googleapis.com/bigquery/v2/projects/my-proj/datasets/marketing/tables/changes"
         );
         let proxied =
             Endpoints::new("http://127.0.0.1:9/proxy/", "example.com:p", "d", "t").unwrap();

@@ -1,7 +1,11 @@
 //! The table koala appends to: fixed columns for the change, identifier
 //! columns as configured, one typed column per mapped attribute; the
 //! `tables.insert` bodies of the table and of the current-membership view
-//! (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/insert>).
+//! (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/insert>);
+//! and how a table's schema as `tables.get` gives it
+//! (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/get>)
+//! differs from what koala writes, a pure comparison for
+//! `koala check --online`.
 
 use serde_json::{json, Value};
 
@@ -24,6 +28,20 @@ impl ColumnType {
             ColumnType::Float64 => "FLOAT64",
             ColumnType::Bool => "BOOL",
             ColumnType::Timestamp => "TIMESTAMP",
+        }
+    }
+
+    /// True when a column BigQuery calls `found` (a `TableFieldSchema`
+    /// type: legacy `FLOAT`/`BOOLEAN` or standard `FLOAT64`/`BOOL`) takes
+    /// what koala writes as this type. NUMERIC does not fit a FLOAT64:
+    /// it refuses fractions beyond 9 digits.
+    pub fn fits(self, found: &str) -> bool {
+        let found = found.to_ascii_uppercase();
+        match self {
+            ColumnType::String => found == "STRING",
+            ColumnType::Float64 => matches!(found.as_str(), "FLOAT64" | "FLOAT"),
+            ColumnType::Bool => matches!(found.as_str(), "BOOL" | "BOOLEAN"),
+            ColumnType::Timestamp => found == "TIMESTAMP",
         }
     }
 
@@ -223,6 +241,74 @@ pub fn view_body(project: &str, dataset: &str, view: &str, table: &str) -> Value
     })
 }
 
+/// A column as `tables.get` describes it (`schema.fields[]`); `mode`
+/// absent is NULLABLE.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct FoundField {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+impl FoundField {
+    fn mode(&self) -> String {
+        self.mode
+            .as_deref()
+            .unwrap_or("NULLABLE")
+            .to_ascii_uppercase()
+    }
+}
+
+/// The top-level columns of a `tables.get` resource.
+pub fn found_fields(table: &Value) -> Vec<FoundField> {
+    serde_json::from_value(table["schema"]["fields"].clone()).unwrap_or_default()
+}
+
+/// What keeps the table at `path` (with columns `found`) from taking the
+/// rows koala writes with `columns`, each a sentence naming the column
+/// and the fix. Names compare case-insensitively, as BigQuery's do. A
+/// column koala always fills may be NULLABLE in the table; one koala may
+/// leave empty must not be REQUIRED, and nor may a column koala does not
+/// write.
+pub fn drift(path: &str, columns: &[Column], found: &[FoundField]) -> Vec<String> {
+    let mut p = Vec::new();
+    for c in columns {
+        let kind = c.kind.as_str();
+        let Some(f) = found.iter().find(|f| f.name.eq_ignore_ascii_case(&c.name)) else {
+            p.push(format!(
+                "bigquery table {path} has no column {}, which koala writes: add it (ALTER TABLE `{path}` ADD COLUMN {} {kind}) or take it out of map",
+                c.name, c.name
+            ));
+            continue;
+        };
+        let mode = f.mode();
+        if !c.kind.fits(&f.kind) || mode == "REPEATED" {
+            let repeated = if mode == "REPEATED" { " REPEATED" } else { "" };
+            p.push(format!(
+                "bigquery table {path} column {} is {}{repeated}, but koala writes {kind} there: change the column or the mapping's type",
+                f.name, f.kind
+            ));
+        } else if mode == "REQUIRED" && !c.required {
+            p.push(format!(
+                "bigquery table {path} column {} is REQUIRED, but koala leaves it empty when a person has no value: make it NULLABLE (ALTER TABLE `{path}` ALTER COLUMN {} DROP NOT NULL)",
+                f.name, f.name
+            ));
+        }
+    }
+    for f in found {
+        let written = columns.iter().any(|c| c.name.eq_ignore_ascii_case(&f.name));
+        if !written && f.mode() == "REQUIRED" {
+            p.push(format!(
+                "bigquery table {path} requires column {}, which koala does not write: make it NULLABLE (or drop it)",
+                f.name
+            ));
+        }
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +386,83 @@ mod tests {
         let v = view_body("p", "d", "t_members", "t");
         assert_eq!(v["view"]["useLegacySql"], false);
         assert_eq!(v["tableReference"]["tableId"], "t_members");
+    }
+
+    fn found(cols: &[Column]) -> Vec<FoundField> {
+        cols.iter()
+            .map(|c| FoundField {
+                name: c.name.to_ascii_uppercase(),
+                // tables.get may answer the legacy names.
+                kind: match c.kind {
+                    ColumnType::Float64 => "FLOAT".into(),
+                    ColumnType::Bool => "BOOLEAN".into(),
+                    k => k.as_str().into(),
+                },
+                mode: c.required.then(|| "REQUIRED".into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_table_that_fits_has_no_drift_and_each_difference_is_named() {
+        let m = mapping("plan = \"plan\"\nltv = { from = \"ltv\", type = \"number\" }");
+        let cols = columns(&[Identifier::Email], false, &m);
+        let mut table = found(&cols);
+        assert!(
+            drift("p.d.t", &cols, &table).is_empty(),
+            "case-insensitive, legacy type names"
+        );
+        // Extra NULLABLE columns are fine; REQUIRED ones koala never fills are not.
+        table.push(FoundField {
+            name: "note".into(),
+            kind: "STRING".into(),
+            mode: None,
+        });
+        assert!(drift("p.d.t", &cols, &table).is_empty());
+        table.push(FoundField {
+            name: "region".into(),
+            kind: "STRING".into(),
+            mode: Some("REQUIRED".into()),
+        });
+        table.retain(|f| f.name != "PLAN");
+        let ltv = table.iter_mut().find(|f| f.name == "LTV").unwrap();
+        ltv.kind = "NUMERIC".into();
+        let cio = table.iter_mut().find(|f| f.name == "CIO_ID").unwrap();
+        cio.mode = Some("REQUIRED".into());
+        let p = drift("p.d.t", &cols, &table);
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(
+            p[0].contains("column CIO_ID is REQUIRED") && p[0].contains("DROP NOT NULL"),
+            "{}",
+            p[0]
+        );
+        assert!(
+            p[1].contains("column LTV is NUMERIC, but koala writes FLOAT64"),
+            "{}",
+            p[1]
+        );
+        assert!(
+            p[2].contains("has no column plan") && p[2].contains("ADD COLUMN plan STRING"),
+            "{}",
+            p[2]
+        );
+        assert!(p[3].contains("requires column region"), "{}", p[3]);
+        // A REQUIRED column koala always fills is fine NULLABLE, and REPEATED never fits.
+        let mut relaxed = found(&cols);
+        relaxed.iter_mut().for_each(|f| f.mode = None);
+        assert!(drift("p.d.t", &cols, &relaxed).is_empty());
+        relaxed[0].mode = Some("REPEATED".into());
+        assert!(drift("p.d.t", &cols, &relaxed)[0].contains("is STRING REPEATED"));
+    }
+
+    #[test]
+    fn the_fields_of_a_tables_get_resource() {
+        let table = json!({"kind": "bigquery#table", "schema": {"fields": [
+            {"name": "a", "type": "STRING", "mode": "REQUIRED"},
+            {"name": "b", "type": "FLOAT"}]}});
+        let f = found_fields(&table);
+        assert_eq!(f.len(), 2);
+        assert_eq!(f[1].mode(), "NULLABLE");
+        assert!(found_fields(&json!({"kind": "bigquery#table"})).is_empty());
     }
 }

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use reqwest::header::CONTENT_TYPE;
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
@@ -34,6 +35,15 @@ pub enum Failure {
     /// 404: the table (or its dataset) does not exist.
     NotFound(SendOutcome),
     Other(SendOutcome),
+}
+
+/// What `tables.get` found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The table resource (`schema.fields`, `type`, …).
+    Found(Value),
+    /// 404: the table is missing, or its whole dataset (`dataset`).
+    Missing { dataset: bool },
 }
 
 /// One entry of `insertErrors`: the row's index in the request and why.
@@ -133,14 +143,70 @@ impl Service {
         }
     }
 
+    /// `tables.get`, read-only (`koala check --online`): the table's
+    /// resource, or what a 404 says is missing. A 403 names the
+    /// permission a read needs; every other failure is classified as a
+    /// send's would be.
+    pub async fn get_table(
+        &self,
+        url: &Url,
+        what: &str,
+        dataset: &str,
+    ) -> Result<Lookup, SendOutcome> {
+        let a = self.call(Method::GET, url, None).await?;
+        let e = api_error(&a.body);
+        match (a.status, e.reason.as_deref().unwrap_or("")) {
+            (200..=299, _) => serde_json::from_slice(&a.body)
+                .map(Lookup::Found)
+                .map_err(|_| SendOutcome::RetryLater {
+                    after: None,
+                    reason: format!(
+                        "bigquery answered HTTP {} but its body is not a table resource",
+                        a.status
+                    ),
+                }),
+            // UNCONFIRMED: BigQuery's message names what is missing
+            // ("Not found: Dataset p:d" or "Not found: Table p:d.t").
+            (404, _) => Ok(Lookup::Missing {
+                dataset: e
+                    .message
+                    .as_deref()
+                    .is_some_and(|m| m.trim_start().starts_with("Not found: Dataset")),
+            }),
+            (403, r) if !matches!(r, "rateLimitExceeded" | "quotaExceeded") => {
+                Err(SendOutcome::DestinationDown {
+                    reason: format!(
+                        "{}; reading {what} needs bigquery.tables.get on dataset {dataset} (roles/bigquery.dataViewer, or roles/bigquery.dataEditor which sending needs anyway)",
+                        describe(a.status, &e)
+                    ),
+                })
+            }
+            _ => Err(classify_failure(&a, what)),
+        }
+    }
+
     async fn post(&self, url: &Url, body: Vec<u8>) -> Result<Answer, SendOutcome> {
+        self.call(Method::POST, url, Some(body)).await
+    }
+
+    /// One authorized request (a JSON body when given), through the token
+    /// cache: a 401 refreshes the token once and sends again.
+    async fn call(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, SendOutcome> {
         let call = |tok: Secret| {
-            let request = self
+            let mut request = self
                 .client
-                .post(url.clone())
-                .bearer_auth(tok.expose())
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.clone());
+                .request(method.clone(), url.clone())
+                .bearer_auth(tok.expose());
+            if let Some(body) = &body {
+                request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone());
+            }
             async move {
                 outbound::send(request)
                     .await

@@ -81,6 +81,96 @@ impl Column {
     }
 }
 
+/// A column of the table as koala creates it: `not_null` when koala
+/// always fills it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableColumn {
+    /// Uppercase, valid.
+    pub name: String,
+    pub kind: FieldType,
+    pub not_null: bool,
+    /// A mapped attribute's column (else one koala always has).
+    pub attribute: bool,
+}
+
+/// A column as `INFORMATION_SCHEMA.COLUMNS` describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundColumn {
+    pub name: String,
+    /// `DATA_TYPE`: Snowflake's standard name (`TEXT` for a VARCHAR).
+    pub data_type: String,
+    pub nullable: bool,
+    pub has_default: bool,
+}
+
+/// True when a column of `data_type` (as `INFORMATION_SCHEMA.COLUMNS`
+/// names it: the standard type, `TEXT` for VARCHAR; UNCONFIRMED beyond
+/// Snowflake's documentation of the view) takes what koala writes as
+/// `kind`. Any timestamp takes `TO_TIMESTAMP_LTZ`; a NUMBER would cut a
+/// FLOAT's fraction, so it does not fit.
+pub fn fits(kind: FieldType, data_type: &str) -> bool {
+    let t = data_type.trim().to_ascii_uppercase();
+    match kind {
+        FieldType::String => matches!(t.as_str(), "TEXT" | "VARCHAR" | "STRING"),
+        FieldType::Number => matches!(t.as_str(), "FLOAT" | "DOUBLE" | "REAL"),
+        FieldType::Boolean => t == "BOOLEAN",
+        FieldType::Timestamp => {
+            matches!(
+                t.as_str(),
+                "TIMESTAMP_LTZ" | "TIMESTAMP_TZ" | "TIMESTAMP_NTZ"
+            )
+        }
+    }
+}
+
+/// What keeps a table with columns `found` from taking koala's
+/// statements for this layout, each a sentence naming the column and the
+/// fix: a column missing or of another type, NOT NULL where koala may
+/// write NULL, or NOT NULL without a default where koala writes nothing.
+pub fn drift(layout: &Layout, found: &[FoundColumn]) -> Vec<String> {
+    let table = &layout.table;
+    let plain = table.replace('"', "");
+    let mut p = Vec::new();
+    let expected = layout.table_columns();
+    for c in &expected {
+        let ty = config::column_type(c.kind);
+        let Some(f) = found.iter().find(|f| f.name == c.name) else {
+            let or_map = if c.attribute {
+                " or take it out of map"
+            } else {
+                ""
+            };
+            p.push(format!(
+                "snowflake table {plain} has no column {}, which koala writes: add it (ALTER TABLE {table} ADD COLUMN {} {ty}){or_map}",
+                c.name,
+                quote(&c.name)
+            ));
+            continue;
+        };
+        if !fits(c.kind, &f.data_type) {
+            p.push(format!(
+                "snowflake table {plain} column {} is {}, but koala writes {ty} there: change the column or the mapping's type",
+                c.name, f.data_type
+            ));
+        } else if !f.nullable && !c.not_null {
+            p.push(format!(
+                "snowflake table {plain} column {} is NOT NULL, but koala leaves it empty when a person has no value: ALTER TABLE {table} ALTER COLUMN {} DROP NOT NULL",
+                c.name,
+                quote(&c.name)
+            ));
+        }
+    }
+    for f in found {
+        if !f.nullable && !f.has_default && !expected.iter().any(|c| c.name == f.name) {
+            p.push(format!(
+                "snowflake table {plain} requires column {}, which koala does not write: give it a default or drop NOT NULL",
+                f.name
+            ));
+        }
+    }
+    p
+}
+
 /// What the table holds for one destination and mapping.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -155,25 +245,48 @@ impl Layout {
         cols
     }
 
-    /// `CREATE TABLE IF NOT EXISTS` with every column this layout writes.
-    pub fn create_table(&self) -> String {
-        let mut defs = vec![
-            "\"AUDIENCE\" VARCHAR NOT NULL".to_owned(),
-            "\"PERSON_ID\" VARCHAR NOT NULL".to_owned(),
+    /// Every column of the table this layout writes, in order.
+    pub fn table_columns(&self) -> Vec<TableColumn> {
+        let col = |name: &str, kind: FieldType, not_null: bool, attribute: bool| TableColumn {
+            name: name.to_ascii_uppercase(),
+            kind,
+            not_null,
+            attribute,
+        };
+        let mut cols = vec![
+            col("AUDIENCE", FieldType::String, true, false),
+            col("PERSON_ID", FieldType::String, true, false),
         ];
-        defs.extend(
+        cols.extend(
             self.identifiers
                 .iter()
-                .map(|i| format!("{} VARCHAR", quote(i.column()))),
+                .map(|i| col(i.column(), FieldType::String, false, false)),
         );
-        defs.extend(
+        cols.extend(
             self.attributes
                 .iter()
-                .map(|c| format!("{} {}", quote(&c.name), config::column_type(c.kind))),
+                .map(|c| col(&c.name, c.kind, false, true)),
         );
-        defs.push("\"ENTERED_AT\" TIMESTAMP_LTZ".into());
-        defs.push("\"UPDATED_AT\" TIMESTAMP_LTZ NOT NULL".into());
-        defs.push("\"EXITED_AT\" TIMESTAMP_LTZ".into());
+        cols.push(col("ENTERED_AT", FieldType::Timestamp, false, false));
+        cols.push(col("UPDATED_AT", FieldType::Timestamp, true, false));
+        cols.push(col("EXITED_AT", FieldType::Timestamp, false, false));
+        cols
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` with every column this layout writes.
+    pub fn create_table(&self) -> String {
+        let mut defs: Vec<String> = self
+            .table_columns()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {}{}",
+                    quote(&c.name),
+                    config::column_type(c.kind),
+                    if c.not_null { " NOT NULL" } else { "" }
+                )
+            })
+            .collect();
         defs.push("PRIMARY KEY (\"AUDIENCE\", \"PERSON_ID\")".into());
         format!(
             "CREATE TABLE IF NOT EXISTS {} ({})",
@@ -420,6 +533,82 @@ mod tests {
             config::SnowflakeConfig::new("xy12345", "koala", crate::secret::Secret::new(""));
         c.on_exit = on_exit;
         Layout::new(&c, &mapping()).unwrap()
+    }
+
+    /// The table as `create_table` makes it, as the information schema
+    /// names its columns.
+    fn as_found(l: &Layout) -> Vec<FoundColumn> {
+        l.table_columns()
+            .into_iter()
+            .map(|c| FoundColumn {
+                name: c.name,
+                data_type: match c.kind {
+                    FieldType::String => "TEXT".into(),
+                    k => config::column_type(k).into(),
+                },
+                nullable: !c.not_null,
+                has_default: false,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_table_that_fits_has_no_drift_and_each_difference_is_named() {
+        let l = layout(OnExit::Mark);
+        let mut found = as_found(&l);
+        assert!(drift(&l, &found).is_empty());
+        // Nullable where koala always writes is fine, as are extra columns
+        // that are nullable or have a default.
+        found.iter_mut().for_each(|f| f.nullable = true);
+        found.push(FoundColumn {
+            name: "NOTE".into(),
+            data_type: "TEXT".into(),
+            nullable: false,
+            has_default: true,
+        });
+        assert!(drift(&l, &found).is_empty());
+        found.retain(|f| f.name != "PLAN");
+        found
+            .iter_mut()
+            .find(|f| f.name == "LTV")
+            .unwrap()
+            .data_type = "NUMBER".into();
+        found
+            .iter_mut()
+            .find(|f| f.name == "EMAIL")
+            .unwrap()
+            .nullable = false;
+        found.push(FoundColumn {
+            name: "REGION".into(),
+            data_type: "TEXT".into(),
+            nullable: false,
+            has_default: false,
+        });
+        let p = drift(&l, &found);
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].contains("column EMAIL is NOT NULL") && p[0].contains("ALTER TABLE \"KOALA\".\"PUBLIC\".\"AUDIENCE_MEMBERS\" ALTER COLUMN \"EMAIL\" DROP NOT NULL"), "{}", p[0]);
+        assert!(
+            p[1].contains(
+                "KOALA.PUBLIC.AUDIENCE_MEMBERS column LTV is NUMBER, but koala writes FLOAT"
+            ),
+            "{}",
+            p[1]
+        );
+        assert!(
+            p[2].contains("has no column PLAN")
+                && p[2].contains("ADD COLUMN \"PLAN\" VARCHAR) or take it out of map"),
+            "{}",
+            p[2]
+        );
+        assert!(p[3].contains("requires column REGION"), "{}", p[3]);
+        for (kind, ok, not) in [
+            (FieldType::String, "VARCHAR", "NUMBER"),
+            (FieldType::Number, "FLOAT", "NUMBER"),
+            (FieldType::Boolean, "BOOLEAN", "TEXT"),
+            (FieldType::Timestamp, "TIMESTAMP_NTZ", "DATE"),
+        ] {
+            assert!(fits(kind, ok) && !fits(kind, not), "{kind:?}");
+        }
     }
 
     const LIMITS: Limits = Limits {

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::audiences::{AudienceDef, SyncOp};
-use crate::destinations::{DeliverySettings, Destination, SendOutcome, SendTarget};
+use crate::destinations::{DeliverySettings, Destination, Mapping, SendOutcome, SendTarget};
 use crate::person::PersonRecord;
 
 pub struct SnowflakeDestination {
@@ -80,6 +80,77 @@ impl SnowflakeDestination {
             .expect("created")
             .insert(mapping_hash.to_owned());
         Ok(())
+    }
+}
+
+impl SnowflakeDestination {
+    /// `koala check --online`: the table's columns from the database's
+    /// information schema (a `SELECT` with the schema and table bound),
+    /// against the columns koala writes for each mapping. Reads only.
+    async fn check_table(&self, mappings: &[&Mapping]) -> Vec<String> {
+        let c = &self.config;
+        let plain = c.qualified_table().replace('"', "");
+        let sql = format!(
+            "SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE, COLUMN_DEFAULT FROM {}.INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            config::quote(&c.database)
+        );
+        let text = |v: &str| serde_json::json!({"type": "TEXT", "value": v.to_ascii_uppercase()});
+        let bindings = serde_json::json!({"1": text(&c.schema), "2": text(&c.table)});
+        let rows = match self.service.query(&sql, bindings).await {
+            Ok(rows) => rows,
+            Err(SendOutcome::RetryLater { reason, .. }) => {
+                return vec![format!(
+                    "could not reach Snowflake to read the columns of table {plain}: {reason}; try again"
+                )]
+            }
+            Err(o) => {
+                return vec![format!(
+                    "user {} could not read the columns of table {plain}: {}",
+                    c.user.to_ascii_uppercase(),
+                    o.reason()
+                )]
+            }
+        };
+        if rows.is_empty() {
+            if c.create_table {
+                // Created before the first statement.
+                return Vec::new();
+            }
+            return vec![format!(
+                "snowflake table {plain} does not exist, or the role cannot see it: create it (the README's Snowflake section shows the DDL) or set create_table = true"
+            )];
+        }
+        let cell = |r: &std::collections::HashMap<String, Option<String>>, k: &str| {
+            r.get(k).cloned().flatten().unwrap_or_default()
+        };
+        let found: Vec<encoder::FoundColumn> = rows
+            .iter()
+            .map(|r| encoder::FoundColumn {
+                name: cell(r, "COLUMN_NAME"),
+                data_type: cell(r, "DATA_TYPE"),
+                nullable: !cell(r, "IS_NULLABLE").eq_ignore_ascii_case("NO"),
+                has_default: r.get("COLUMN_DEFAULT").is_some_and(Option::is_some),
+            })
+            .collect();
+        let none = Mapping::default();
+        let mappings: Vec<&Mapping> = if mappings.is_empty() {
+            vec![&none]
+        } else {
+            mappings.to_vec()
+        };
+        let mut problems: Vec<String> = Vec::new();
+        for m in mappings {
+            let found_problems = match encoder::Layout::new(c, m) {
+                Ok(layout) => encoder::drift(&layout, &found),
+                Err(reason) => vec![format!("snowflake: {reason}")],
+            };
+            for p in found_problems {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+        }
+        problems
     }
 }
 
@@ -152,6 +223,12 @@ impl Destination for SnowflakeDestination {
             received: people.len(),
             invalid: 0,
         }
+    }
+
+    /// The table's columns (information schema) against those koala
+    /// writes for `mappings`; no statement but one `SELECT` is run.
+    async fn verify(&self, mappings: &[&Mapping]) -> Vec<String> {
+        self.check_table(mappings).await
     }
 }
 

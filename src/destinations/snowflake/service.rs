@@ -196,6 +196,32 @@ impl Service {
         bindings: Option<serde_json::Value>,
         content_id: uuid::Uuid,
     ) -> Result<(), SendOutcome> {
+        self.run(sql, bindings, content_id).await.map(|_| ())
+    }
+
+    /// Runs a read-only statement under a fresh request id and reads its
+    /// result set: the rows of the first partition, each cell by column
+    /// name (SQL NULL as `None`). Submitted, followed and classified as
+    /// every statement is.
+    pub async fn query(
+        &self,
+        sql: &str,
+        bindings: serde_json::Value,
+    ) -> Result<Vec<HashMap<String, Option<String>>>, SendOutcome> {
+        let a = self.run(sql, Some(bindings), uuid::Uuid::new_v4()).await?;
+        result_rows(&a.body).map_err(|why| SendOutcome::RetryLater {
+            after: None,
+            reason: format!("snowflake answered HTTP {} but {why}", a.status),
+        })
+    }
+
+    /// Submits, polls while 202, classifies; the answer that said it ran.
+    async fn run(
+        &self,
+        sql: &str,
+        bindings: Option<serde_json::Value>,
+        content_id: uuid::Uuid,
+    ) -> Result<Answer, SendOutcome> {
         let started = Instant::now();
         let request_id = self.request_id(content_id);
         let body =
@@ -219,7 +245,8 @@ impl Service {
                 self.note_cancelled(content_id);
             }
             if answer.status != 202 {
-                return self.classify(&answer);
+                self.classify(&answer)?;
+                return Ok(answer);
             }
             let handle = Status::of(&answer).statement_handle.unwrap_or_default();
             let Some(status_url) = request::status_url(&self.base, &handle) else {
@@ -249,6 +276,47 @@ impl Service {
     fn classify(&self, a: &Answer) -> Result<(), SendOutcome> {
         classify(a, &self.user, self.auth.fingerprint(), self.patience)
     }
+}
+
+/// The rows of a `ResultSet` (<https://docs.snowflake.com/en/developer-guide/sql-api/handling-responses>):
+/// `data` holds the first partition's rows as arrays of strings (or
+/// null), in the order of `resultSetMetaData.rowType`'s names. A result
+/// in more than one partition is refused: koala's queries read a table's
+/// columns, far fewer rows than a partition holds.
+pub fn result_rows(body: &[u8]) -> Result<Vec<HashMap<String, Option<String>>>, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ResultSet {
+        result_set_meta_data: Meta,
+        #[serde(default)]
+        data: Vec<Vec<Option<String>>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        row_type: Vec<RowType>,
+        #[serde(default)]
+        partition_info: Vec<serde_json::Value>,
+    }
+    #[derive(Deserialize)]
+    struct RowType {
+        name: String,
+    }
+    let r: ResultSet =
+        serde_json::from_slice(body).map_err(|_| "its body is not a result set".to_owned())?;
+    if r.result_set_meta_data.partition_info.len() > 1 {
+        return Err("the result came in more than one partition, which koala does not read".into());
+    }
+    let names: Vec<String> = r
+        .result_set_meta_data
+        .row_type
+        .into_iter()
+        .map(|t| t.name.to_ascii_uppercase())
+        .collect();
+    Ok(r.data
+        .into_iter()
+        .map(|row| names.iter().cloned().zip(row).collect())
+        .collect())
 }
 
 /// Snowflake's error codes (and words) for a statement that no row can
@@ -393,6 +461,26 @@ mod tests {
 
     fn outcome(a: Answer) -> SendOutcome {
         classify(&a, "KOALA", "SHA256:abc=", Duration::from_secs(60)).unwrap_err()
+    }
+
+    #[test]
+    fn a_result_set_is_read_by_column_name() {
+        let body = r#"{"resultSetMetaData": {"numRows": 2, "format": "jsonv2",
+            "rowType": [{"name": "COLUMN_NAME", "type": "text"}, {"name": "DATA_TYPE", "type": "text"}],
+            "partitionInfo": [{"rowCount": 2, "uncompressedSize": 40}]},
+            "data": [["AUDIENCE", "TEXT"], ["LTV", null]], "code": "090001"}"#;
+        let rows = result_rows(body.as_bytes()).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["COLUMN_NAME"].as_deref(), Some("AUDIENCE"));
+        assert_eq!(rows[1]["DATA_TYPE"], None);
+        assert!(result_rows(b"{}").is_err());
+        let split = body.replace(
+            r#"[{"rowCount": 2, "uncompressedSize": 40}]"#,
+            r#"[{"rowCount": 1}, {"rowCount": 1}]"#,
+        );
+        assert!(result_rows(split.as_bytes())
+            .unwrap_err()
+            .contains("partition"));
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! - `POST /bigquery/v2/projects/{p}/datasets/{d}/tables` (tables.insert):
 //!   a table with a schema, or a view with a standard-SQL query; 409 when
 //!   the name is taken.
+//! - `GET …/tables/{t}` (tables.get): a valid bearer token (401
+//!   otherwise), the table's resource with `schema.fields` (types in the
+//!   legacy names `tables.get` is documented to answer too: FLOAT64 as
+//!   FLOAT, BOOL as BOOLEAN, INT64 as INTEGER; UNCONFIRMED which of the
+//!   two a live project answers) and `type` TABLE or VIEW; 404
+//!   `notFound` "Not found: Table p:d.t", or "Not found: Dataset p:d"
+//!   for another dataset.
 //! - `POST …/tables/{t}/insertAll` (tabledata.insertAll): a valid bearer
 //!   token (401 otherwise), an existing table (404 `notFound`), at most
 //!   `max_rows` rows (400 `invalid`) and `max_bytes` bytes (413), each row
@@ -81,6 +88,7 @@ pub struct Table {
 pub enum Kind {
     Token,
     TablesInsert,
+    TablesGet,
     InsertAll,
 }
 
@@ -433,12 +441,19 @@ async fn route(
             )
         }
     };
-    let kind = if rest.is_empty() {
-        Kind::TablesInsert
-    } else {
-        Kind::InsertAll
+    let kind = match (&method, rest.len()) {
+        (&Method::GET, _) => Kind::TablesGet,
+        (_, 0) => Kind::TablesInsert,
+        _ => Kind::InsertAll,
     };
-    if method != Method::POST || !(rest.is_empty() || (rest.len() == 2 && rest[1] == "insertAll")) {
+    let known = match kind {
+        Kind::TablesGet => rest.len() == 1,
+        _ => {
+            method == Method::POST
+                && (rest.is_empty() || (rest.len() == 2 && rest[1] == "insertAll"))
+        }
+    };
+    if !known {
         return refuse(
             &mut s,
             kind,
@@ -491,7 +506,10 @@ async fn route(
             );
         }
     }
-    if rest.is_empty() {
+    if kind == Kind::TablesGet {
+        let table = rest[0].to_owned();
+        tables_get(&mut s, &table)
+    } else if rest.is_empty() {
         tables_insert(&mut s, &body)
     } else {
         let table = rest[0].to_owned();
@@ -603,6 +621,47 @@ fn authorized(s: &FakeState, headers: &HeaderMap) -> bool {
         .and_then(|h| h.strip_prefix("Bearer "))
         .and_then(|t| s.tokens.get(t))
         .is_some_and(|exp| *exp > Instant::now())
+}
+
+/// `tables.get`: the resource as BigQuery describes a table or a view.
+fn tables_get(s: &mut FakeState, id: &str) -> Response {
+    let Some(t) = s.tables.get(id).cloned() else {
+        let m = format!("Not found: Table {PROJECT}:{DATASET}.{id}");
+        return refuse(s, Kind::TablesGet, 0, 404, "notFound", &m);
+    };
+    let legacy = |k: &str| match k {
+        "FLOAT64" => "FLOAT".to_owned(),
+        "BOOL" => "BOOLEAN".to_owned(),
+        "INT64" => "INTEGER".to_owned(),
+        k => k.to_owned(),
+    };
+    let mut resource = json!({
+        "kind": "bigquery#table",
+        "id": format!("{PROJECT}:{DATASET}.{id}"),
+        "tableReference": {"projectId": PROJECT, "datasetId": DATASET, "tableId": id},
+        "type": if t.view.is_some() { "VIEW" } else { "TABLE" },
+    });
+    if let Some(query) = &t.view {
+        resource["view"] = json!({"query": query, "useLegacySql": false});
+    } else {
+        let fields: Vec<Value> = t
+            .schema
+            .iter()
+            .map(|f| {
+                json!({"name": f.name, "type": legacy(&f.kind),
+                            "mode": if f.required { "REQUIRED" } else { "NULLABLE" }})
+            })
+            .collect();
+        resource["schema"] = json!({ "fields": fields });
+        resource["numRows"] = json!(t.rows.len().to_string());
+    }
+    s.requests.push(Recorded {
+        kind: Kind::TablesGet,
+        status: 200,
+        bytes: 0,
+        insert_ids: Vec::new(),
+    });
+    reply(200, resource, None)
 }
 
 fn tables_insert(s: &mut FakeState, body: &[u8]) -> Response {

@@ -22,7 +22,13 @@
 //!
 //! It executes a tiny subset of SQL itself — exactly the shapes koala
 //! writes, not SQL in general: `CREATE TABLE IF NOT EXISTS "DB"."S"."T"
-//! (…)` and `MERGE INTO … USING (SELECT columnN::TYPE AS "C", … FROM VALUES
+//! (…)`; `koala check --online`'s `SELECT COLUMN_NAME, DATA_TYPE,
+//! IS_NULLABLE, COLUMN_DEFAULT FROM "DB".INFORMATION_SCHEMA.COLUMNS WHERE
+//! TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION`, answered
+//! as a `ResultSet` (`resultSetMetaData` with `rowType`, `data` as arrays
+//! of strings or null; `DATA_TYPE` the standard name, `TEXT` for a
+//! VARCHAR; no row for a table that does not exist; 422 002003 for
+//! another database); and `MERGE INTO … USING (SELECT columnN::TYPE AS "C", … FROM VALUES
 //! (?, NULL, …), …) AS s ON … WHEN MATCHED AND s."CHANGED_AT" >=
 //! t."UPDATED_AT" THEN …` in its three forms (upsert with the entry time
 //! in `ENTERED_AT`, mark as exited with the exit time in `EXITED_AT`,
@@ -138,6 +144,8 @@ struct Running {
 pub struct Table {
     /// Column → type, in creation order.
     pub columns: Vec<(String, String)>,
+    /// Columns created NOT NULL.
+    pub not_null: Vec<String>,
     /// (audience, person_id) → column → value (timestamps as ms).
     pub rows: BTreeMap<(String, String), BTreeMap<String, Value>>,
 }
@@ -259,7 +267,7 @@ max_backoff = "200ms"
             qualified.to_owned(),
             Table {
                 columns,
-                rows: BTreeMap::new(),
+                ..Default::default()
             },
         );
     }
@@ -754,6 +762,9 @@ fn execute(
     log: &mut Request,
 ) -> Outcome {
     *s.executions.entry(request_id.to_owned()).or_default() += 1;
+    if let Some(rest) = statement.strip_prefix("SELECT ") {
+        return select_columns(s, rest, bindings);
+    }
     let result = if let Some(rest) = statement.strip_prefix("CREATE TABLE IF NOT EXISTS ") {
         s.ddl += 1;
         create(s, rest)
@@ -784,6 +795,88 @@ fn execute(
     }
 }
 
+const COLUMNS_QUERY: &str = "COLUMN_NAME, DATA_TYPE, IS_NULLABLE, COLUMN_DEFAULT FROM ";
+const COLUMNS_WHERE: &str =
+    ".INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION";
+
+/// koala's read of a table's columns from the information schema, as a
+/// `ResultSet`.
+fn select_columns(s: &mut State_, rest: &str, bindings: &Map<String, Value>) -> Outcome {
+    let syntax = || {
+        sql_error(
+            "001003",
+            "42000",
+            "SQL compilation error: syntax error (the fake knows koala's information schema query only)"
+                .into(),
+        )
+    };
+    let Some(database) = rest
+        .strip_prefix(COLUMNS_QUERY)
+        .and_then(|r| r.strip_suffix(COLUMNS_WHERE))
+        .and_then(unquote_name)
+    else {
+        return syntax();
+    };
+    let text = |n: &str| {
+        let b = &bindings[n];
+        (b["type"] == "TEXT").then(|| b["value"].as_str().unwrap_or_default().to_owned())
+    };
+    let (Some(schema), Some(table)) = (text("1"), text("2")) else {
+        return syntax();
+    };
+    if database != DATABASE {
+        return sql_error(
+            "002003",
+            "02000",
+            format!("SQL compilation error:\nDatabase '\"{database}\"' does not exist or not authorized."),
+        );
+    }
+    let rows: Vec<Value> = s
+        .tables
+        .get(&format!("{database}.{schema}.{table}"))
+        .map(|t| {
+            t.columns
+                .iter()
+                .map(|(c, ty)| {
+                    let standard = if ty == "VARCHAR" { "TEXT" } else { ty.as_str() };
+                    let nullable = if t.not_null.contains(c) { "NO" } else { "YES" };
+                    json!([c, standard, nullable, null])
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let handle = uuid::Uuid::new_v4().to_string();
+    let text_column = |name: &str, nullable: bool| {
+        json!({"name": name, "database": "", "schema": "", "table": "", "type": "text",
+               "nullable": nullable, "length": 16777216, "byteLength": 16777216,
+               "scale": null, "precision": null, "collation": null})
+    };
+    let size = Value::Array(rows.clone()).to_string().len();
+    Outcome {
+        status: 200,
+        body: json!({
+            "resultSetMetaData": {
+                "numRows": rows.len(),
+                "format": "jsonv2",
+                "partitionInfo": [{"rowCount": rows.len(), "uncompressedSize": size}],
+                "rowType": [
+                    text_column("COLUMN_NAME", false),
+                    text_column("DATA_TYPE", false),
+                    text_column("IS_NULLABLE", false),
+                    text_column("COLUMN_DEFAULT", true),
+                ],
+            },
+            "data": rows,
+            "code": "090001",
+            "statementStatusUrl": format!("/api/v2/statements/{handle}"),
+            "sqlState": "00000",
+            "statementHandle": handle,
+            "message": "Statement executed successfully.",
+            "createdOn": chrono::Utc::now().timestamp_millis(),
+        }),
+    }
+}
+
 fn create(s: &mut State_, rest: &str) -> Result<(usize, usize, usize), Outcome> {
     let syntax = || {
         sql_error(
@@ -796,12 +889,16 @@ fn create(s: &mut State_, rest: &str) -> Result<(usize, usize, usize), Outcome> 
     let name = unquote_name(&rest[..open]).ok_or_else(syntax)?;
     let defs = rest[open + 2..].strip_suffix(')').ok_or_else(syntax)?;
     let mut columns = Vec::new();
+    let mut not_null = Vec::new();
     for d in split_top(defs) {
         if d.starts_with("PRIMARY KEY") {
             continue;
         }
         let (col, ty) = d.split_once(' ').ok_or_else(syntax)?;
         let col = unquote_name(col).ok_or_else(syntax)?;
+        if ty.ends_with(" NOT NULL") {
+            not_null.push(col.clone());
+        }
         let ty = ty.trim_end_matches(" NOT NULL").to_owned();
         if !matches!(
             ty.as_str(),
@@ -813,6 +910,7 @@ fn create(s: &mut State_, rest: &str) -> Result<(usize, usize, usize), Outcome> 
     }
     s.tables.entry(name).or_insert(Table {
         columns,
+        not_null,
         rows: BTreeMap::new(),
     });
     Ok((0, 0, 0))
