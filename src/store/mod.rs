@@ -1,6 +1,7 @@
 //! Durable state behind one interface. The embedded store is SQLite (WAL);
 //! a PostgreSQL store implements the same trait with the same tables.
 
+mod ingest_plan;
 mod people;
 mod sqlite;
 mod sqlite_ingest;

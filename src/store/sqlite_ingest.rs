@@ -1,20 +1,20 @@
 //! Group commit, set-based: a whole group of webhooks is applied with a
 //! fixed handful of statements. People are loaded once, every command is
-//! decided in order in memory (the same rules: `people::People` for
-//! identity, `audiences::membership::decide` for membership), and what
-//! changed is written back in bulk through `json_each`.
+//! decided in order in memory by the pure steps of `ingest_plan` (identity
+//! merge, then membership, desired sync state and attribute updates), and
+//! what they decided is written back in bulk through `json_each`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{json, Value};
 use sqlx::{Row, SqliteConnection};
 
+use super::ingest_plan::{self, MembershipKey, StoredMembership};
 use super::people::{People, PersonRow};
 use super::sqlite::set_desired;
-use super::{AudienceOutcome, IngestCommand, IngestOutcome, Result};
-use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
-use crate::audiences::{AttributeReaders, AudienceMode};
-use crate::customerio::reporting::SubscriptionChange;
+use super::{IngestCommand, IngestOutcome, Result};
+use crate::audiences::membership::Stamp;
+use crate::audiences::AttributeReaders;
 use crate::identity::{Identifiers, UnusableReason};
 
 fn dedupe_key(command: &IngestCommand) -> String {
@@ -152,17 +152,10 @@ pub(super) async fn flush_people(
     Ok(())
 }
 
-/// One (audience, person) membership as decided so far in this group.
-#[derive(Clone)]
-struct Membership {
-    is_member: bool,
-    since: i64,
-    stamp: Stamp,
-    event_id: i64,
-}
-
 /// Applies a group of commands in the caller's transaction. Either all of
 /// them are applied or an error leaves the transaction to be rolled back.
+/// The rules are `ingest_plan`'s; this only loads what they read and
+/// writes what they decide.
 pub(super) async fn apply_group(
     tx: &mut SqliteConnection,
     commands: &[IngestCommand],
@@ -171,7 +164,7 @@ pub(super) async fn apply_group(
 ) -> Result<Vec<IngestOutcome>> {
     // Deliveries seen before, in the store or earlier in this group.
     let keys: Vec<String> = commands.iter().map(dedupe_key).collect();
-    let fresh: HashSet<String> = sqlx::query(
+    let stored_fresh: HashSet<String> = sqlx::query(
         "INSERT INTO received (dedupe_key, received_at) SELECT value, $1 FROM json_each($2) WHERE TRUE
          ON CONFLICT (dedupe_key) DO NOTHING RETURNING dedupe_key",
     )
@@ -183,50 +176,34 @@ pub(super) async fn apply_group(
     .map(|r| r.get(0))
     .collect();
     let mut first = HashSet::new();
-    let is_new: Vec<bool> = keys
+    let fresh: Vec<bool> = keys
         .iter()
-        .map(|k| fresh.contains(k) && first.insert(k.as_str()))
+        .map(|k| stored_fresh.contains(k) && first.insert(k.as_str()))
         .collect();
 
     // Identity first: every command's person, in order.
-    let live: Vec<&IngestCommand> = commands
+    let live: Vec<&Identifiers> = commands
         .iter()
-        .zip(&is_new)
+        .zip(&fresh)
         .filter(|(_, n)| **n)
-        .map(|(c, _)| c)
+        .map(|(c, _)| identifiers(c))
         .collect();
-    let mut people =
-        load_people(tx, &live.iter().map(|c| identifiers(c)).collect::<Vec<_>>()).await?;
-    let mut person_of: Vec<Option<usize>> = vec![None; commands.len()];
-    for (i, command) in commands.iter().enumerate() {
-        if !is_new[i] {
-            continue;
-        }
-        person_of[i] = Some(match command {
-            IngestCommand::Segment { event, .. } => people.merge(
-                &event.identifiers,
-                Some(&event.attributes),
-                event.occurred_at_ms,
-            ),
-            IngestCommand::Reporting(event) => {
-                people.merge(&event.identifiers, None, event.occurred_at_ms)
-            }
-        });
-    }
+    let mut people = load_people(tx, &live).await?;
+    let person_of = ingest_plan::identify(commands, &fresh, &mut people);
 
     // Stored memberships and snapshot floors of what the group touches.
     let mut pids_by_audience: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for (i, command) in commands.iter().enumerate() {
-        if let (IngestCommand::Segment { audiences, .. }, Some(p)) = (command, person_of[i]) {
+    for (command, p) in commands.iter().zip(&person_of) {
+        if let (IngestCommand::Segment { audiences, .. }, Some(p)) = (command, p) {
             for a in audiences {
                 pids_by_audience
                     .entry(a.id)
                     .or_default()
-                    .push(people.rows[p].person_id);
+                    .push(people.rows[*p].person_id);
             }
         }
     }
-    let mut memberships: HashMap<(i64, i64), Membership> = HashMap::new();
+    let mut memberships: HashMap<MembershipKey, StoredMembership> = HashMap::new();
     let mut floors: HashMap<i64, Option<i64>> = HashMap::new();
     for (audience_id, pids) in &pids_by_audience {
         let rows = sqlx::query(
@@ -240,7 +217,7 @@ pub(super) async fn apply_group(
         for r in rows {
             memberships.insert(
                 (*audience_id, r.get(0)),
-                Membership {
+                StoredMembership {
                     is_member: r.get(1),
                     since: r.get(2),
                     stamp: Stamp {
@@ -262,140 +239,45 @@ pub(super) async fn apply_group(
         }
     }
 
-    // Every command in order, through the one rule.
-    let mut next_event: i64 = sqlx::query("SELECT COALESCE(MAX(event_id), 0) + 1 FROM events")
+    // Event ids: the one writer takes the next ones.
+    let first_event: i64 = sqlx::query("SELECT COALESCE(MAX(event_id), 0) + 1 FROM events")
         .fetch_one(&mut *tx)
         .await?
         .get(0);
-    let mut history: Vec<Value> = Vec::new();
-    let mut changed: HashSet<(i64, i64)> = HashSet::new();
-    // (destination, audience) → person → (desired, desired_at)
-    let mut desired: BTreeMap<(String, i64), BTreeMap<i64, (bool, i64)>> = BTreeMap::new();
-    let mut outcomes = Vec::with_capacity(commands.len());
-    for (i, command) in commands.iter().enumerate() {
-        let Some(p) = person_of[i] else {
-            outcomes.push(IngestOutcome::Duplicate);
-            continue;
-        };
-        let person_id = people.rows[p].person_id;
-        match command {
-            IngestCommand::Segment { event, audiences } => {
-                let key = &keys[i];
-                let is_member = event.action.is_member();
-                let stamp = Stamp::new(
-                    event.occurred_at_ms,
-                    is_member,
-                    Source::SegmentWebhook,
-                    key.clone(),
-                );
-                let detail = event
-                    .campaign_id
-                    .as_ref()
-                    .map(|c| json!({ "campaign_id": c }).to_string());
-                let mut per_audience = Vec::with_capacity(audiences.len());
-                for audience in audiences {
-                    let mkey = (audience.id, person_id);
-                    let stored = memberships
-                        .get(&mkey)
-                        .map(|m| (m.is_member, m.stamp.clone()));
-                    let current = effective_current(stored, floors[&audience.id]);
-                    let decision =
-                        decide(current.as_ref().map(|(m, s)| (*m, s)), is_member, &stamp);
-                    let event_id = next_event;
-                    next_event += 1;
-                    history.push(json!([
-                        event_id,
-                        person_id,
-                        audience.id,
-                        Source::SegmentWebhook.as_str(),
-                        event.action.as_str(),
-                        event.occurred_at_ms,
-                        decision.outcome(),
-                        detail
-                    ]));
-                    let mut touched = Vec::new();
-                    match decision {
-                        Decision::Stale => {}
-                        Decision::Confirm => {
-                            let entry = memberships.entry(mkey).or_insert(Membership {
-                                is_member,
-                                since: event.occurred_at_ms,
-                                stamp: stamp.clone(),
-                                event_id,
-                            });
-                            entry.stamp = stamp.clone();
-                            changed.insert(mkey);
-                        }
-                        Decision::Change => {
-                            memberships.insert(
-                                mkey,
-                                Membership {
-                                    is_member,
-                                    since: event.occurred_at_ms,
-                                    stamp: stamp.clone(),
-                                    event_id,
-                                },
-                            );
-                            changed.insert(mkey);
-                            // Additive audiences never remove from destinations.
-                            if is_member || audience.mode == AudienceMode::Mirror {
-                                for d in &audience.destinations {
-                                    desired
-                                        .entry((d.clone(), audience.id))
-                                        .or_default()
-                                        .insert(person_id, (is_member, event.occurred_at_ms));
-                                    touched.push(d.clone());
-                                }
-                            }
-                        }
-                    }
-                    per_audience.push(AudienceOutcome {
-                        audience: audience.name.clone(),
-                        outcome: decision.outcome(),
-                        destinations_touched: touched,
-                    });
-                }
-                outcomes.push(IngestOutcome::Accepted {
-                    person_id,
-                    audiences: per_audience,
-                });
-            }
-            IngestCommand::Reporting(event) => {
-                let outcome = match event.subscription_change() {
-                    Some(change) => {
-                        let subscribed = change == SubscriptionChange::Subscribed;
-                        if people.set_subscription(p, subscribed, event.occurred_at_ms) {
-                            "applied"
-                        } else {
-                            "stale"
-                        }
-                    }
-                    None => "recorded",
-                };
-                let detail = (!event.detail.is_empty())
-                    .then(|| Value::Object(event.detail.clone()).to_string());
-                history.push(json!([
-                    next_event,
-                    person_id,
-                    Value::Null,
-                    "reporting_webhook",
-                    event.kind(),
-                    event.occurred_at_ms,
-                    outcome,
-                    detail
-                ]));
-                next_event += 1;
-                outcomes.push(IngestOutcome::Accepted {
-                    person_id,
-                    audiences: Vec::new(),
-                });
-            }
-        }
-    }
+    let needed = ingest_plan::events_needed(commands, &person_of) as i64;
+    let mut event_ids = first_event..first_event + needed;
+    let plan = ingest_plan::plan(
+        commands,
+        &mut people,
+        ingest_plan::Loaded {
+            keys: &keys,
+            person_of: &person_of,
+            memberships,
+            floors: &floors,
+            readers: attribute_holders,
+        },
+        &mut event_ids,
+    );
 
     // Write back.
     flush_people(tx, &people, now).await?;
-    if !history.is_empty() {
+    if !plan.events.is_empty() {
+        let rows: Vec<Value> = plan
+            .events
+            .iter()
+            .map(|e| {
+                json!([
+                    e.event_id,
+                    e.person_id,
+                    e.audience_id,
+                    e.source,
+                    e.kind,
+                    e.occurred_at,
+                    e.outcome,
+                    e.detail
+                ])
+            })
+            .collect();
         sqlx::query(
             "INSERT INTO events (event_id, person_id, audience_id, source, kind, occurred_at, received_at, outcome, detail)
              SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
@@ -404,15 +286,15 @@ pub(super) async fn apply_group(
              FROM json_each($2)",
         )
         .bind(now)
-        .bind(Value::Array(history).to_string())
+        .bind(Value::Array(rows).to_string())
         .execute(&mut *tx)
         .await?;
     }
-    if !changed.is_empty() {
-        let rows: Vec<Value> = changed
+    if !plan.memberships.is_empty() {
+        let rows: Vec<Value> = plan
+            .memberships
             .iter()
-            .map(|k| {
-                let m = &memberships[k];
+            .map(|(k, m)| {
                 json!([
                     k.0,
                     k.1,
@@ -443,7 +325,7 @@ pub(super) async fn apply_group(
     }
     // Member counts and coverage follow the memberships written above
     // (triggers in migration 0005).
-    for ((destination, audience_id), by_person) in desired {
+    for ((destination, audience_id), by_person) in &plan.desired {
         for want in [true, false] {
             let rows: Vec<(i64, i64)> = by_person
                 .iter()
@@ -451,32 +333,20 @@ pub(super) async fn apply_group(
                 .map(|(pid, (_, at))| (*pid, *at))
                 .collect();
             if !rows.is_empty() {
-                set_desired(tx, &destination, audience_id, &rows, want, now).await?;
+                set_desired(tx, destination, *audience_id, &rows, want, now).await?;
             }
         }
     }
-    // A member whose profile changed is sent it again by every
-    // destination that holds what changed (`audiences::updates`): the row
-    // becomes pending (an update when it was acknowledged in, see
-    // `SyncOp::of_row`), and its version moves so a send in flight with
-    // the old values is not taken for this one. A flurry of changes is one
-    // pending row.
-    let mut updates: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
-    for row in people.rows.iter().filter(|r| !r.is_new) {
-        for destination in attribute_holders.readers_of(&row.changed) {
-            updates.entry(destination).or_default().push(row.person_id);
-        }
-    }
-    for (destination, person_ids) in updates {
+    for (destination, person_ids) in &plan.updates {
         sqlx::query(
             "UPDATE sync_state SET pending = TRUE, version = version + 1, next_attempt_at = 0, attempts = 0
              WHERE destination = $1 AND person_id IN (SELECT value FROM json_each($2))
                AND desired AND dead_reason IS NULL",
         )
         .bind(destination)
-        .bind(serde_json::to_string(&person_ids).expect("ids serialize"))
+        .bind(serde_json::to_string(person_ids).expect("ids serialize"))
         .execute(&mut *tx)
         .await?;
     }
-    Ok(outcomes)
+    Ok(plan.outcomes)
 }
