@@ -11,6 +11,15 @@ pub enum AudienceMode {
 }
 
 impl AudienceMode {
+    /// Whether a membership change to `is_member` is sent to the
+    /// audience's destinations: entries always; exits only when mirroring.
+    /// Why: an additive audience is one a platform must never shrink (Meta
+    /// refuses removals that would leave a small audience), so its exits
+    /// are recorded in koala and go no further.
+    pub fn sends(self, is_member: bool) -> bool {
+        is_member || self == AudienceMode::Mirror
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AudienceMode::Mirror => "mirror",
@@ -58,6 +67,12 @@ impl SyncOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_additive_audience_sends_entries_only() {
+        assert!(AudienceMode::Mirror.sends(true) && AudienceMode::Mirror.sends(false));
+        assert!(AudienceMode::Additive.sends(true) && !AudienceMode::Additive.sends(false));
+    }
 
     #[test]
     fn a_member_already_held_is_an_update() {

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use super::people::People;
 use super::{AudienceOutcome, IngestCommand, IngestOutcome};
 use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
-use crate::audiences::{AttributeReaders, AudienceMode};
+use crate::audiences::AttributeReaders;
 use crate::customerio::reporting::SubscriptionChange;
 
 /// One (audience, person) membership, as stored or as decided so far.
@@ -194,8 +194,7 @@ pub(crate) fn plan(
                                 },
                             );
                             changed.push(key);
-                            // Additive audiences never remove from destinations.
-                            if is_member || audience.mode == AudienceMode::Mirror {
+                            if audience.mode.sends(is_member) {
                                 for d in &audience.destinations {
                                     plan.desired
                                         .entry((d.clone(), audience.id))
@@ -274,7 +273,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::audiences::AudienceDef;
+    use crate::audiences::{AudienceDef, AudienceMode};
 
     fn audience(id: i64, mode: AudienceMode) -> Arc<AudienceDef> {
         Arc::new(AudienceDef {

@@ -11,7 +11,6 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use super::sqlite::{ids_json, set_desired};
 use super::{Result, SnapshotDiff, SnapshotJob};
 use crate::audiences::membership::{decide, effective_current, Decision, Source, Stamp};
-use crate::audiences::AudienceMode;
 use crate::identity::Identifiers;
 
 /// Rows per transaction: short enough that webhooks never wait long.
@@ -201,7 +200,7 @@ async fn apply_changes(
     .bind(&pairs)
     .execute(&mut *tx)
     .await?;
-    if is_member || audience.mode == AudienceMode::Mirror {
+    if audience.mode.sends(is_member) {
         let rows: Vec<(i64, i64)> = person_ids.iter().map(|p| (*p, job.stamp_at)).collect();
         for d in &audience.destinations {
             set_desired(tx, d, audience.id, &rows, is_member, now).await?;
