@@ -442,9 +442,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns rows to the queue, due again at `next_attempt_at`. The rows
     /// were (or may have been) sent without a definitive answer, so the
-    /// destination may hold what was sent: they are marked uncertain, and
-    /// any later change of them is sent even if it goes back to what was
-    /// last acknowledged.
+    /// destination may hold what was sent: they are marked uncertain and
+    /// stay pending, so their state is sent again, and any later change of
+    /// them is sent even if it goes back to what was last acknowledged
+    /// (a person who left while their add was in flight is removed).
     async fn retry_work(&self, sync_ids: &[i64], next_attempt_at: i64, error: &str) -> Result<()>;
 
     /// Parks rows as dead letters with a reason.

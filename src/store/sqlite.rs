@@ -489,7 +489,7 @@ impl Store for SqliteStore {
     async fn release_all_leases(&self) -> Result<()> {
         // A lease left by a killed process may cover a send that landed.
         sqlx::query(
-            "UPDATE sync_state SET lease_until = 0, uncertain = TRUE WHERE lease_until <> 0",
+            "UPDATE sync_state SET lease_until = 0, uncertain = TRUE, pending = TRUE WHERE lease_until <> 0",
         )
         .execute(&self.writer)
         .await?;
@@ -618,7 +618,7 @@ impl Store for SqliteStore {
         }
         sqlx::query(
             "UPDATE sync_state SET lease_until = 0, attempts = attempts + 1, next_attempt_at = $1, last_error = $2,
-                    uncertain = TRUE
+                    uncertain = TRUE, pending = TRUE
              WHERE sync_id IN (SELECT value FROM json_each($3))",
         )
         .bind(next_attempt_at)

@@ -419,3 +419,26 @@ async fn webhook_dest_an_exit_after_an_unacknowledged_add_is_still_sent() {
     assert_eq!(d["destinations"][0]["pending_removes"], 0, "{d}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn webhook_dest_an_exit_during_an_unanswered_add_is_still_sent() {
+    // The add lands at once but its answer (503) comes only after the
+    // person has already left again: koala saw the exit while the add was
+    // in flight ("never acknowledged, not wanted": nothing to send), then
+    // learned the add's outcome is unknown. The remove must still go.
+    let rx = FakeWebhookReceiver::start(&[SECRET]).await;
+    let app = TestApp::start_with(&config(&rx, &[SECRET], "")).await;
+    rx.push_after_applying_slowly(503, Some(1), Duration::from_millis(600));
+    app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
+    until("the add applied at the receiver", LONG, || async {
+        rx.members(CART).contains("u1")
+    })
+    .await;
+    app.segment_event(CART_SEGMENT, "u1", "exited", T0 + 1)
+        .await;
+    until("the remove reaches the receiver", LONG, || async {
+        rx.members(CART).is_empty()
+    })
+    .await;
+    app.stop().await;
+}

@@ -44,6 +44,8 @@ pub struct Scripted {
     pub retry_after: Option<u64>,
     /// Apply the batch, then answer `status` anyway (the answer is lost).
     pub apply: bool,
+    /// Wait this long before answering (after applying, when `apply`).
+    pub delay: std::time::Duration,
 }
 
 struct State_ {
@@ -146,6 +148,7 @@ max_backoff = "200ms"
             status,
             retry_after,
             apply: false,
+            delay: std::time::Duration::ZERO,
         });
     }
 
@@ -157,10 +160,23 @@ max_backoff = "200ms"
     /// The next request is applied, then answered `status` with a
     /// `Retry-After` of `secs` (a lost acknowledgement and a wait).
     pub fn push_after_applying_retry_after(&self, status: u16, secs: Option<u64>) {
+        self.push_after_applying_slowly(status, secs, std::time::Duration::ZERO);
+    }
+
+    /// The next request is applied at once, answered `status` (with a
+    /// `Retry-After` of `secs`) only after `delay`: the change has landed
+    /// while the sender still waits, and then its answer is lost.
+    pub fn push_after_applying_slowly(
+        &self,
+        status: u16,
+        secs: Option<u64>,
+        delay: std::time::Duration,
+    ) {
         self.state().script.push_back(Scripted {
             status,
             retry_after: secs,
             apply: true,
+            delay,
         });
     }
 
@@ -260,17 +276,30 @@ fn apply(s: &mut State_, body: &Value) {
 }
 
 async fn route(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    // The lock is never held across the wait.
+    let (response, delay) = answer(&state, &headers, &body);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+fn answer(state: &Shared, headers: &HeaderMap, body: &Bytes) -> (Response, std::time::Duration) {
+    let none = std::time::Duration::ZERO;
     let mut s = state.lock().unwrap();
-    let (id, verified_by) = match verify(&s.keys, &headers, &body) {
+    let (id, verified_by) = match verify(&s.keys, headers, body) {
         Ok(v) => v,
         Err((status, why)) => {
             s.rejected.push((status, why.clone()));
-            return (StatusCode::from_u16(status).unwrap(), why).into_response();
+            return (
+                (StatusCode::from_u16(status).unwrap(), why).into_response(),
+                none,
+            );
         }
     };
-    let v: Value = match serde_json::from_slice(&body) {
+    let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(_) => return (StatusCode::BAD_REQUEST, "not JSON").into_response(),
+        Err(_) => return ((StatusCode::BAD_REQUEST, "not JSON").into_response(), none),
     };
     let record = |s: &mut State_, status: u16, duplicate: bool| {
         s.deliveries.push(Delivery {
@@ -292,15 +321,15 @@ async fn route(State(state): State<Shared>, headers: HeaderMap, body: Bytes) -> 
             r.headers_mut()
                 .insert("retry-after", after.to_string().parse().unwrap());
         }
-        return r;
+        return (r, sc.delay);
     }
     if s.seen.contains(&id) {
         s.duplicates += 1;
         record(&mut s, 200, true);
-        return StatusCode::OK.into_response();
+        return (StatusCode::OK.into_response(), none);
     }
     apply(&mut s, &v);
     s.seen.insert(id.clone());
     record(&mut s, 204, false);
-    StatusCode::NO_CONTENT.into_response()
+    (StatusCode::NO_CONTENT.into_response(), none)
 }
