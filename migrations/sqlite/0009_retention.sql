@@ -1,0 +1,14 @@
+-- Retention (store::retention): dedupe keys are pruned oldest first once
+-- they are older than `retention.dedupe_keys`. The table's only b-tree is
+-- ordered by key (random with respect to time), so finding the old ones
+-- would mean reading every key; this index lists them by age instead.
+--
+-- Its cost on ingest is small: every key of a group commit carries the
+-- same `received_at` (the group's arrival time), so a group's entries are
+-- appended together at the right edge of this index, usually one page,
+-- against one leaf page per key in the key-ordered b-tree.
+--
+-- Events need no index: `event_id` grows with arrival, so the old ones are
+-- found by walking the rowid from the start (store::sqlite_retention); sync
+-- rows are walked by rowid the same way.
+CREATE INDEX received_age ON received(received_at);
