@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::retention::{PruneTable, RetentionRules};
+use crate::store::retention::{PruneCursor, PruneTable, RetentionRules};
 use crate::store::{now_ms, DiskUsage, Store};
 
 /// What one pass did.
@@ -53,7 +53,7 @@ pub async fn run_pass(
     let cutoffs = rules.cutoffs(now_ms);
     let mut report = PassReport::default();
     'tables: for table in rules.tables() {
-        let mut from = 0;
+        let mut from = PruneCursor::Start;
         let mut deleted = 0;
         loop {
             if cancel.is_some_and(CancellationToken::is_cancelled) {
@@ -63,7 +63,7 @@ pub async fn run_pass(
             }
             let batch_started = Instant::now();
             let progress = store
-                .prune_batch(table, &cutoffs, from, rules.batch_size)
+                .prune_batch(table, &cutoffs, &from, rules.batch_size)
                 .await?;
             report.batches += 1;
             deleted += progress.deleted;

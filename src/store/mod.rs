@@ -301,12 +301,12 @@ impl SnapshotDiff {
 }
 
 /// What one pruning batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneProgress {
     pub deleted: u64,
     /// Where the next batch of this pass starts (`from`), or `None` when
     /// the pass has nothing more to do in this table.
-    pub next: Option<i64>,
+    pub next: Option<retention::PruneCursor>,
 }
 
 /// The store's size on disk and the part of it that is free for reuse
@@ -514,14 +514,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes one batch of `table`'s rows that the retention rules
     /// (`store::retention`) allow at `cutoffs`, in one short transaction:
-    /// at most `limit` rows deleted, and for tables walked by id, at most
-    /// `limit` rows read. `from` is the previous batch's `next` (0 to
-    /// start a pass). Ingest waits for at most one batch.
+    /// at most `limit` rows read and deleted. `from` is the previous
+    /// batch's `next` (`PruneCursor::Start` to begin a pass). Ingest waits
+    /// for at most one batch.
     async fn prune_batch(
         &self,
         table: retention::PruneTable,
         cutoffs: &retention::Cutoffs,
-        from: i64,
+        from: &retention::PruneCursor,
         limit: usize,
     ) -> Result<PruneProgress>;
 

@@ -111,6 +111,32 @@ impl PruneTable {
     }
 }
 
+/// Where a batch starts: the previous batch's end, in the order the table
+/// is walked (ids for events and sync rows, keys for dedupe keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PruneCursor {
+    #[default]
+    Start,
+    Id(i64),
+    Key(String),
+}
+
+impl PruneCursor {
+    pub fn id(&self) -> i64 {
+        match self {
+            PruneCursor::Id(id) => *id,
+            _ => 0,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            PruneCursor::Key(key) => key,
+            _ => "",
+        }
+    }
+}
+
 /// A dedupe key may go once it is older than the retention.
 pub fn dedupe_key_expired(received_at: i64, cutoffs: &Cutoffs) -> bool {
     received_at < cutoffs.dedupe_keys_before

@@ -825,7 +825,7 @@ impl Store for SqliteStore {
         &self,
         table: retention::PruneTable,
         cutoffs: &retention::Cutoffs,
-        from: i64,
+        from: &retention::PruneCursor,
         limit: usize,
     ) -> Result<PruneProgress> {
         // One transaction per batch; the writer goes back to the pool

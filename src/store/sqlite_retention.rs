@@ -3,50 +3,71 @@
 //! one batch. The rules are `store::retention`'s; these statements select
 //! exactly the rows those functions accept (checked by the tests below).
 //!
-//! How each table's old rows are found without costing ingest:
-//! - dedupe keys by the `received_age` index (migration 0009), oldest
-//!   first;
+//! No index is added for any of it: every index is written by every
+//! webhook, and ingest is bound by the pages it writes (README,
+//! "Performance"). Instead each table is walked in the order of the
+//! b-tree it already has, a window of `limit` rows per batch:
+//! - dedupe keys in key order, the whole table each pass. The old keys are
+//!   spread over the key space, so a pass reads every key, but it deletes
+//!   them leaf page by leaf page in order (an index by age would find only
+//!   the old ones, but cost every webhook a write and delete them in
+//!   random order). A key lives at most one `retention.interval` past its
+//!   retention;
 //! - events by rowid: `event_id` grows with arrival, so the events older
-//!   than the cutoff are the start of the table. A batch is the next
-//!   `limit` rows after where the previous one stopped, and the pass ends
-//!   at the first window reaching past the cutoff. Kept events (a
-//!   membership's own) are read again by every pass: at most one per
-//!   membership;
-//! - sync rows by rowid, the whole table each pass, `limit` rows a batch
-//!   (no index on "not desired and settled": it would be written by every
-//!   change).
+//!   than the cutoff are the start of the table, and the pass ends at the
+//!   first window reaching past the cutoff. Kept events (a membership's
+//!   own) are read again by every pass: at most one per membership;
+//! - sync rows by rowid, the whole table each pass.
 
 use sqlx::{Row, SqliteConnection};
 
-use super::retention::{Cutoffs, PruneTable, SYNC_ROW_COMPACTABLE_SQL};
+use super::retention::{Cutoffs, PruneCursor, PruneTable, SYNC_ROW_COMPACTABLE_SQL};
 use super::{PruneProgress, Result};
 
 pub(super) async fn prune_batch(
     tx: &mut SqliteConnection,
     table: PruneTable,
     cutoffs: &Cutoffs,
-    from: i64,
+    from: &PruneCursor,
     limit: usize,
 ) -> Result<PruneProgress> {
-    let limit = limit.max(1) as i64;
+    let offset = limit.max(1) as i64 - 1;
     match table {
         PruneTable::DedupeKeys => {
-            let deleted = sqlx::query(
-                "DELETE FROM received WHERE dedupe_key IN (
-                   SELECT dedupe_key FROM received WHERE received_at < $1
-                   ORDER BY received_at LIMIT $2)",
+            // Keys are never empty: "" is before the first.
+            let after = from.key();
+            let last: Option<String> = sqlx::query(
+                "SELECT dedupe_key FROM received WHERE dedupe_key > $1
+                 ORDER BY dedupe_key LIMIT 1 OFFSET $2",
             )
+            .bind(after)
+            .bind(offset)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get(0));
+            // Two statements, so each window is a bounded range scan.
+            let deleted = match &last {
+                Some(last) => sqlx::query(
+                    "DELETE FROM received WHERE dedupe_key > $1 AND dedupe_key <= $2 AND received_at < $3",
+                )
+                .bind(after)
+                .bind(last),
+                None => sqlx::query(
+                    "DELETE FROM received WHERE dedupe_key > $1 AND received_at < $2",
+                )
+                .bind(after),
+            }
             .bind(cutoffs.dedupe_keys_before)
-            .bind(limit)
             .execute(&mut *tx)
             .await?
             .rows_affected();
             Ok(PruneProgress {
                 deleted,
-                next: (deleted as i64 == limit).then_some(0),
+                next: last.map(PruneCursor::Key),
             })
         }
         PruneTable::Events => {
+            let from = from.id();
             // The window: the next `limit` events. Its last row says
             // whether anything after it can still be old.
             let last = sqlx::query(
@@ -54,7 +75,7 @@ pub(super) async fn prune_batch(
                  ORDER BY event_id LIMIT 1 OFFSET $2",
             )
             .bind(from)
-            .bind(limit - 1)
+            .bind(offset)
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)));
@@ -78,15 +99,16 @@ pub(super) async fn prune_batch(
             .rows_affected();
             Ok(PruneProgress {
                 deleted,
-                next: more.then_some(to),
+                next: more.then_some(PruneCursor::Id(to)),
             })
         }
         PruneTable::SyncRows => {
+            let from = from.id();
             let last: Option<i64> = sqlx::query(
                 "SELECT sync_id FROM sync_state WHERE sync_id > $1 ORDER BY sync_id LIMIT 1 OFFSET $2",
             )
             .bind(from)
-            .bind(limit - 1)
+            .bind(offset)
             .fetch_optional(&mut *tx)
             .await?
             .map(|r| r.get(0));
@@ -105,7 +127,7 @@ pub(super) async fn prune_batch(
             .rows_affected();
             Ok(PruneProgress {
                 deleted,
-                next: last,
+                next: last.map(PruneCursor::Id),
             })
         }
     }
@@ -144,12 +166,12 @@ mod tests {
 
     /// Runs whole passes over `table` in batches of `limit`.
     async fn pass(f: &Fixture, table: PruneTable, cutoffs: &Cutoffs, limit: usize) -> u64 {
-        let mut from = 0;
+        let mut from = PruneCursor::Start;
         let mut total = 0;
         loop {
             let p = f
                 .store
-                .prune_batch(table, cutoffs, from, limit)
+                .prune_batch(table, cutoffs, &from, limit)
                 .await
                 .unwrap();
             total += p.deleted;
@@ -177,6 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn dedupe_keys_older_than_the_cutoff_go_in_batches() {
+        // Keys are walked in key order (k0, k1, k10, …), not by age.
         let f = fixture().await;
         for i in 0..25 {
             sqlx::query("INSERT INTO received (dedupe_key, received_at) VALUES ($1, $2)")
@@ -271,12 +294,12 @@ mod tests {
         }
         // Events 1..=9 are older than 1,000 ms; windows of 4 rows: the
         // third window (9..=12) reaches past the cutoff and is the last.
-        let mut from = 0;
+        let mut from = PruneCursor::Start;
         let mut batches = 0;
         loop {
             let p = f
                 .store
-                .prune_batch(PruneTable::Events, &CUT, from, 4)
+                .prune_batch(PruneTable::Events, &CUT, &from, 4)
                 .await
                 .unwrap();
             batches += 1;
