@@ -85,8 +85,8 @@ pub struct RetentionConfig {
     /// out (or that were never sent) and that nothing waits on.
     #[serde(default = "default_true")]
     pub compact_acknowledged_non_members: bool,
-    /// Rows per delete (one short transaction each; the writer is
-    /// released between them).
+    /// Most rows per delete (one short transaction each, sized to hold
+    /// the writer a few milliseconds; the writer is released between them).
     #[serde(default = "default_prune_batch")]
     pub batch_size: usize,
     /// How often a pruning pass starts.
