@@ -42,7 +42,8 @@ pub struct RetentionRules {
     pub dedupe_keys: Duration,
     pub events: Duration,
     pub compact_non_members: bool,
-    /// Rows per delete statement (one short transaction each).
+    /// Most rows per batch (one short transaction each; the pruning task
+    /// sizes batches below this to the time they hold the writer).
     pub batch_size: usize,
 }
 
@@ -67,8 +68,8 @@ impl RetentionRules {
         }
     }
 
-    /// The tables a pass walks, in order. Sync rows first: they are the
-    /// smallest job and the one an operator sees (person view).
+    /// The tables a pass walks, in order. Sync rows first: an operator
+    /// sees them (the person view), and a walk over them is cheap.
     pub fn tables(&self) -> Vec<PruneTable> {
         let mut t = Vec::with_capacity(3);
         if self.compact_non_members {
