@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench koala_bench -- [--quick] [--json FILE] [--store URL] \
-//!     [--only ingest,e2e,batch,memory,resync,multi,warehouse]
+//!     [--only ingest,e2e,batch,memory,resync,multi,warehouse,prune]
 //! ```
 //!
 //! It starts the real `koala` binary (cargo builds it in the bench profile,
@@ -33,6 +33,12 @@
 //!   loads: the issue's ~2,000/s (best possible fill 20%), and 12,000/s,
 //!   above what one call a second carries, where the destination is busy.
 //! - resync: see `bench_resync`.
+//! - prune: ingest at saturation (then at 50% of it) on a store holding
+//!   old rows to prune — events and dedupe keys from 100 days ago and
+//!   settled non-member sync rows — on copies of one preload: with pruning
+//!   off, then pruning one table at a time, its pass starting a second
+//!   after start so that it runs through the whole measurement. See
+//!   `bench_prune`.
 //! - warehouse: the PostgreSQL warehouse destination against a real
 //!   PostgreSQL (`KOALA_BENCH_WAREHOUSE_URL`, default CI's server): see
 //!   `bench_warehouse`.
@@ -70,7 +76,7 @@ use fake_app_api::{FakeAppApi, FAKE_APP_API_KEY};
 use fake_meta::{FakeMeta, RecordedRequest, FAKE_META_TOKEN};
 
 const USAGE: &str = "usage: cargo bench --bench koala_bench -- [--quick] [--json FILE] \
-[--store URL] [--only ingest,e2e,batch,memory,resync,multi,warehouse] [--resync-runs sizes,lookups,replace]";
+[--store URL] [--only ingest,e2e,batch,memory,resync,multi,warehouse,prune] [--resync-runs sizes,lookups,replace]";
 
 const WEBHOOK_KEY: &str = "bench-webhook-signing-key";
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
@@ -97,10 +103,11 @@ enum Phase {
     Resync,
     Multi,
     Warehouse,
+    Prune,
 }
 
 impl Phase {
-    const ALL: [Phase; 7] = [
+    const ALL: [Phase; 8] = [
         Phase::Ingest,
         Phase::E2e,
         Phase::Batch,
@@ -108,6 +115,7 @@ impl Phase {
         Phase::Resync,
         Phase::Multi,
         Phase::Warehouse,
+        Phase::Prune,
     ];
 
     fn name(self) -> &'static str {
@@ -119,6 +127,7 @@ impl Phase {
             Phase::Resync => "resync",
             Phase::Multi => "multi",
             Phase::Warehouse => "warehouse",
+            Phase::Prune => "prune",
         }
     }
 
@@ -221,6 +230,10 @@ struct Plan {
     enrich_replace_size: u64,
     enrich_replace_rps: u32,
     enrich_replace_timeout: Duration,
+    /// Old rows preloaded for the prune phase: (events, dedupe keys,
+    /// settled non-member sync rows). Enough that pruning outlasts the
+    /// measurement.
+    prune_preload: (u64, u64, u64),
 }
 
 impl Plan {
@@ -240,6 +253,7 @@ impl Plan {
                 enrich_replace_size: 100_000,
                 enrich_replace_rps: 200,
                 enrich_replace_timeout: Duration::from_secs(120),
+                prune_preload: (1_000_000, 3_000_000, 1_000_000),
             }
         } else {
             Plan {
@@ -256,6 +270,7 @@ impl Plan {
                 enrich_replace_size: 1_000_000,
                 enrich_replace_rps: 200,
                 enrich_replace_timeout: Duration::from_secs(1200),
+                prune_preload: (3_000_000, 10_000_000, 3_000_000),
             }
         }
     }
@@ -343,6 +358,9 @@ async fn run_phases(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     if only.contains(&Phase::Warehouse) {
         bench_warehouse(ctx, report).await?;
     }
+    if only.contains(&Phase::Prune) {
+        bench_prune(ctx, report).await?;
+    }
     Ok(())
 }
 
@@ -357,6 +375,8 @@ struct KoalaSetup {
     sync: String,
     /// Extra keys under `[customerio]`.
     customerio: String,
+    /// Keys under `[retention]`.
+    retention: String,
 }
 
 /// A `koala serve` child with its own temp dir. Killed when dropped.
@@ -376,7 +396,15 @@ impl Drop for Koala {
 
 impl Koala {
     async fn start(ctx: &Ctx, setup: &KoalaSetup) -> anyhow::Result<Koala> {
-        let dir = tempfile::tempdir().context("temp dir")?;
+        Koala::start_in(ctx, setup, tempfile::tempdir().context("temp dir")?).await
+    }
+
+    /// Starts on `dir`, whose `koala.db` the caller may have prepared.
+    async fn start_in(
+        ctx: &Ctx,
+        setup: &KoalaSetup,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Koala> {
         let store_url = match &ctx.opts.store {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", dir.path().join("koala.db").display()),
@@ -493,6 +521,8 @@ url = {store}
 [customerio]
 webhook_signing_keys = ["{WEBHOOK_KEY}"]
 {cio}
+[retention]
+{retention}
 [[audiences]]
 name = "{AUDIENCE}"
 segment_id = {SEGMENT}
@@ -500,6 +530,7 @@ sync = [{sync}]
 {destination}
 "#,
         cio = setup.customerio,
+        retention = setup.retention,
         sync = setup.sync,
         destination = setup.destination,
     )
@@ -527,7 +558,7 @@ max_backoff = "200ms"
             base = meta.base_url()
         ),
         sync: format!(r#"{{ destination = "meta", audience_id = "{META_AUDIENCE}" }}"#),
-        customerio: String::new(),
+        ..Default::default()
     }
 }
 
@@ -544,6 +575,16 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
     // USER_HZ is 100 on every Linux this runs on.
     Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Bytes a process has passed to write(2) and friends so far (`wchar` in
+/// `/proc/<pid>/io`): for koala, WAL frames and checkpoints. Unlike time,
+/// it does not depend on what else the machine runs.
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn proc_status_kb(pid: u32, key: &str) -> Option<u64> {
@@ -1319,7 +1360,7 @@ fn multi_setup(
                {{ destination = "google", audience_id = "{MULTI_GOOGLE_AUDIENCE}" }},
                {{ destination = "tiktok", audience_id = "{MULTI_TIKTOK_AUDIENCE}" }}"#
         ),
-        customerio: String::new(),
+        ..Default::default()
     }
 }
 
@@ -1605,6 +1646,279 @@ fn report_batch(report: &mut Report, load: &BatchLoad, calls: &[usize], tally: &
             of_best >= 95.0,
         );
     }
+}
+
+// ---------------------------------------------------------------- prune
+
+/// A metric's value summed over its label sets (0 when absent).
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    match http.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// A store at `dir/koala.db` holding rows retention prunes: events and
+/// dedupe keys that arrived 100 days ago (the keys random over the key
+/// space, as real ones are), and sync rows of non-members a destination
+/// confirmed out. Written with SQL in bulk (the schema is koala's own).
+async fn preload_old_rows(
+    dir: &std::path::Path,
+    (events, keys, sync): (u64, u64, u64),
+) -> anyhow::Result<()> {
+    let url = format!("sqlite://{}", dir.join("koala.db").display());
+    let store = koala::store::open(&url)
+        .await
+        .context("creating the store")?;
+    let db = sqlx::SqlitePool::connect(&url).await?;
+    let old = koala::store::now_ms() - 100 * 24 * 3600 * 1000;
+    let rows = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1)";
+    sqlx::query(&format!(
+        "{rows} INSERT INTO events (event_id, person_id, audience_id, source, kind, occurred_at, received_at, outcome, detail)
+         SELECT i, 1 + (i * 7919) % 200000, NULL, 'reporting_webhook', 'email.opened', $2 + i, $2 + i, 'recorded',
+                '{{\"delivery_id\":\"d\"}}' FROM n"
+    ))
+    .bind(events as i64)
+    .bind(old)
+    .execute(&db)
+    .await?;
+    sqlx::query(&format!(
+        "{rows} INSERT INTO received (dedupe_key, received_at)
+         SELECT 'reporting:' || lower(hex(randomblob(13))), $2 + i FROM n"
+    ))
+    .bind(keys as i64)
+    .bind(old)
+    .execute(&db)
+    .await?;
+    sqlx::query(&format!(
+        "{rows} INSERT INTO sync_state (destination, audience_id, person_id, desired, desired_at, desired_received_at,
+                                         acked, acked_at, pending)
+         SELECT 'old-destination', 999, i, FALSE, $2, $2, FALSE, $2, FALSE FROM n"
+    ))
+    .bind(sync as i64)
+    .bind(old)
+    .execute(&db)
+    .await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&db)
+        .await?;
+    db.close().await;
+    drop(store);
+    Ok(())
+}
+
+/// One koala on a copy of the preloaded store, under the ingest load.
+struct PruneRun {
+    saturation: Saturation,
+    commit: Option<GroupCommit>,
+    /// Bytes koala wrote per accepted webhook at saturation (pruning's
+    /// own writes included when it runs).
+    written_per_webhook: Option<f64>,
+    paced_rate: f64,
+    latencies: Latencies,
+    tally: Tally,
+    /// Rows pruning deleted from the start of the warm-up to the end.
+    pruned: f64,
+    /// A pass ended before the load did (then part of it ran unpruned).
+    pass_ended: bool,
+}
+
+/// What each run prunes: its name and its `[retention]` keys. Off: no
+/// pass within the run. The others: the first pass a second after start,
+/// the default batch sizes, and the other tables' retention so long that
+/// the pass finds nothing old there.
+const PRUNE_RUNS: [(&str, &str); 4] = [
+    ("pruning off", "interval = \"3650d\""),
+    (
+        "pruning events",
+        "interval = \"1s\"\ncompact_acknowledged_non_members = false\ndedupe_keys = \"3650d\"",
+    ),
+    (
+        "pruning dedupe keys",
+        "interval = \"1s\"\ncompact_acknowledged_non_members = false\nevents = \"3650d\"",
+    ),
+    (
+        "pruning sync rows",
+        "interval = \"1s\"\nevents = \"3650d\"\ndedupe_keys = \"3650d\"",
+    ),
+];
+
+async fn prune_run(
+    ctx: &Ctx,
+    template: &std::path::Path,
+    (who, retention): (&str, &str),
+    paced_rate: Option<f64>,
+) -> anyhow::Result<PruneRun> {
+    let pruning = paced_rate.is_some();
+    let dir = tempfile::tempdir().context("temp dir")?;
+    std::fs::copy(template.join("koala.db"), dir.path().join("koala.db"))?;
+    let setup = KoalaSetup {
+        retention: retention.into(),
+        ..Default::default()
+    };
+    let koala = Koala::start_in(ctx, &setup, dir).await?;
+    let base = koala.base.clone();
+    let started = Instant::now();
+    loop {
+        let pruned = metric_sum(
+            &metrics_text(&ctx.http, &base).await,
+            "koala_store_pruned_rows_total",
+        );
+        if (pruning && pruned > 0.0) || (!pruning && started.elapsed() > Duration::from_secs(1)) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!(
+                "koala did not start pruning within 20 s:\n{}",
+                koala.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at_start = metric_sum(
+        &metrics_text(&ctx.http, &base).await,
+        "koala_store_pruned_rows_total",
+    );
+    let target = koala.target(&ctx.http);
+    let people = People::new("p");
+    saturate(
+        &target,
+        &people,
+        ctx.plan.warmup,
+        &format!("{who}: warm-up"),
+    )
+    .await;
+    let before = GroupCommit::read(&ctx.http, Some(&base)).await;
+    let written_before = written_bytes(koala.child.id());
+    let saturation = saturate(
+        &target,
+        &people,
+        ctx.plan.saturate,
+        &format!("{who}: saturation"),
+    )
+    .await;
+    let written_after = written_bytes(koala.child.id());
+    let after = GroupCommit::read(&ctx.http, Some(&base)).await;
+    eprintln!("{who}: {:.0} webhooks/s at saturation", saturation.rate());
+    let rate = paced_rate.unwrap_or(saturation.rate() * 0.5).max(1.0);
+    let count = (rate * ctx.plan.paced.as_secs_f64()).ceil() as usize;
+    let label = format!("{who}: paced ({rate:.0}/s)");
+    let p = people.clone();
+    let sent = paced(&target, rate, count, move |_| p.next(), &label).await;
+    let (latencies, tally) = ack_latencies(&sent);
+    let text = metrics_text(&ctx.http, &base).await;
+    Ok(PruneRun {
+        written_per_webhook: written_after
+            .zip(written_before)
+            .map(|(a, b)| (a - b) as f64 / saturation.tally.ok.max(1) as f64),
+        commit: after.zip(before).map(|(a, b)| a.since(b)),
+        saturation,
+        paced_rate: rate,
+        latencies,
+        tally,
+        pruned: metric_sum(&text, "koala_store_pruned_rows_total") - at_start,
+        pass_ended: metric_sum(&text, "koala_store_prune_last_pass_timestamp_seconds") > 0.0,
+    })
+}
+
+/// Ingest while pruning runs, beside the same ingest with pruning off, on
+/// the same preloaded store (so both write into b-trees of one size).
+async fn bench_prune(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("== ingest while pruning");
+    if ctx.opts.store.is_some() {
+        report.text(
+            "prune",
+            "ingest while pruning",
+            "skipped: needs the SQLite store".into(),
+        );
+        return Ok(());
+    }
+    let (events, keys, sync) = ctx.plan.prune_preload;
+    let template = tempfile::tempdir().context("temp dir")?;
+    let loading = Instant::now();
+    preload_old_rows(template.path(), ctx.plan.prune_preload).await?;
+    eprintln!(
+        "preloaded {events} events, {keys} keys, {sync} sync rows in {:.1} s",
+        loading.elapsed().as_secs_f64()
+    );
+    report.text(
+        "prune",
+        "old rows preloaded (events, dedupe keys, sync rows)",
+        format!("{events} / {keys} / {sync}"),
+    );
+    let off = prune_run(ctx, template.path(), PRUNE_RUNS[0], None).await?;
+    let off_rate = off.saturation.rate();
+    let paced_rate = off.paced_rate;
+    let mut runs = vec![(PRUNE_RUNS[0].0, off)];
+    for run in &PRUNE_RUNS[1..] {
+        let result = prune_run(ctx, template.path(), *run, Some(paced_rate)).await?;
+        runs.push((run.0, result));
+    }
+    for (who, run) in &runs {
+        report.num(
+            "prune",
+            format!("{who}: accepted webhooks/s at saturation"),
+            run.saturation.rate(),
+            "/s",
+        );
+        report.errors(
+            "prune",
+            &format!("{who}: saturation"),
+            &run.saturation.tally,
+        );
+        if let Some(commit) = run.commit {
+            report.text(
+                "prune",
+                format!("{who}: group commit (webhooks × time)"),
+                commit.describe(),
+            );
+        }
+        if let Some(bytes) = run.written_per_webhook {
+            report.num(
+                "prune",
+                format!("{who}: bytes written per webhook at saturation"),
+                bytes,
+                "B",
+            );
+        }
+        let at = format!("{who}: ack @ {:.0}/s", run.paced_rate);
+        report.num("prune", format!("{at} p50"), run.latencies.ms(50.0), "ms");
+        report.num("prune", format!("{at} p99"), run.latencies.ms(99.0), "ms");
+        report.errors("prune", &at, &run.tally);
+        if *who == PRUNE_RUNS[0].0 {
+            continue;
+        }
+        report.num(
+            "prune",
+            format!("{who}: ingest / ingest with pruning off"),
+            run.saturation.rate() / off_rate * 100.0,
+            "%",
+        );
+        report.num(
+            "prune",
+            format!("{who}: rows pruned during the load"),
+            run.pruned,
+            "",
+        );
+        report.text(
+            "prune",
+            format!("{who}: pruning ran through the whole load"),
+            if run.pass_ended {
+                "no: the pass ended first".into()
+            } else {
+                "yes".into()
+            },
+        );
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- warehouse
@@ -2515,6 +2829,7 @@ fn show(v: f64, unit: &str) -> String {
         "s" => format!("{v:.2} s"),
         "%" => format!("{v:.1}%"),
         "MB" => format!("{v:.1} MB"),
+        "B" => format!("{v:.0} B"),
         "x" => format!("{v:.2}x"),
         _ if v.fract() == 0.0 => format!("{v:.0}"),
         _ => format!("{v:.2}"),

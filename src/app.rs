@@ -25,6 +25,8 @@ pub struct RunningApp {
     addr: SocketAddr,
     stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    /// The pruning task (`pruning`); ends when `stop` fires.
+    pruner: JoinHandle<()>,
     engine: Arc<Engine>,
     state: AppState,
 }
@@ -47,6 +49,8 @@ impl RunningApp {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.server.await??;
+        // A pruning batch in progress commits; no other one starts.
+        self.pruner.await?;
         self.engine.shutdown().await;
         Ok(())
     }
@@ -61,6 +65,7 @@ impl RunningApp {
     /// Waits until the server ends (after `stop` is triggered elsewhere).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.server.await??;
+        self.pruner.await?;
         self.engine.shutdown().await;
         Ok(())
     }
@@ -176,6 +181,12 @@ pub async fn start_with(
             .collect(),
         stop.clone(),
     );
+    let pruner = crate::pruning::spawn(
+        store.clone(),
+        crate::store::retention::RetentionRules::from_config(&config),
+        config.retention.interval,
+        stop.clone(),
+    );
     let state = AppState {
         phone_rules: config.identity.phone_rules(),
         config: Arc::new(config),
@@ -199,6 +210,7 @@ pub async fn start_with(
         addr,
         stop,
         server,
+        pruner,
         engine,
         state,
     })

@@ -31,6 +31,8 @@ pub struct Config {
     pub audiences: Vec<AudienceConfig>,
     #[serde(default)]
     pub destinations: Vec<DestinationEntry>,
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -61,6 +63,68 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             url: default_store_url(),
+        }
+    }
+}
+
+/// How long the store keeps what it no longer needs (`store::retention`
+/// holds the rules; `pruning` runs them).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How long a delivery's dedupe key is kept. Unset: the larger of 7
+    /// days (Customer.io's retries) and `customerio.timestamp_tolerance`
+    /// (how long a captured request could be replayed).
+    #[serde(default, with = "humantime_serde")]
+    pub dedupe_keys: Option<Duration>,
+    /// How long the event history is kept after arrival (each
+    /// membership's own event is kept as long as the membership).
+    #[serde(default = "default_events_retention", with = "humantime_serde")]
+    pub events: Duration,
+    /// Delete the sync rows of non-members that the destination confirmed
+    /// out (or that were never sent) and that nothing waits on.
+    #[serde(default = "default_true")]
+    pub compact_acknowledged_non_members: bool,
+    /// Most rows per delete (one short transaction each, sized to hold
+    /// the writer a few milliseconds; the writer is released between them).
+    #[serde(default = "default_prune_batch")]
+    pub batch_size: usize,
+    /// How often a pruning pass starts.
+    #[serde(default = "default_prune_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// `all`: every reporting event is stored (history, dedupe key,
+    /// identifiers). `used`: only those a rule uses (subscription
+    /// changes); the rest are counted, not stored.
+    #[serde(default)]
+    pub store_reporting_events: ReportingEventStorage,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            dedupe_keys: None,
+            events: default_events_retention(),
+            compact_acknowledged_non_members: true,
+            batch_size: default_prune_batch(),
+            interval: default_prune_interval(),
+            store_reporting_events: ReportingEventStorage::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportingEventStorage {
+    #[default]
+    All,
+    Used,
+}
+
+impl ReportingEventStorage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportingEventStorage::All => "all",
+            ReportingEventStorage::Used => "used",
         }
     }
 }
@@ -337,6 +401,21 @@ fn default_app_api_page_size() -> u32 {
 fn default_app_api_max_attempts() -> u32 {
     5
 }
+fn default_true() -> bool {
+    true
+}
+fn default_events_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
+}
+fn default_prune_batch() -> usize {
+    5_000
+}
+fn default_prune_interval() -> Duration {
+    Duration::from_secs(600)
+}
+/// Largest `retention.batch_size`: a bigger delete holds the writer (and
+/// so every webhook) for too long.
+const MAX_PRUNE_BATCH: usize = 100_000;
 
 /// Every problem found in a config, each naming its key.
 #[derive(Debug)]
@@ -439,6 +518,8 @@ impl Config {
             }
         }
 
+        p.extend(self.retention_problems());
+
         let mut dest_names = HashSet::new();
         for (i, d) in self.destinations.iter().enumerate() {
             if d.name().is_empty() {
@@ -503,6 +584,49 @@ impl Config {
                     }
                 }
             }
+        }
+        p
+    }
+
+    /// How long dedupe keys are kept: the configured value, or the larger
+    /// of Customer.io's 7 days of retries and the signature window.
+    pub fn dedupe_key_retention(&self) -> Duration {
+        self.retention.dedupe_keys.unwrap_or_else(|| {
+            crate::store::retention::DEDUPE_KEYS_FLOOR.max(self.customerio.timestamp_tolerance)
+        })
+    }
+
+    fn retention_problems(&self) -> Vec<String> {
+        use crate::store::retention::{DEDUPE_KEYS_FLOOR, EVENTS_FLOOR};
+        let r = &self.retention;
+        let mut p = Vec::new();
+        let human = |d: Duration| humantime::format_duration(d).to_string();
+        if let Some(keys) = r.dedupe_keys {
+            if keys < DEDUPE_KEYS_FLOOR {
+                p.push(format!(
+                    "retention.dedupe_keys: at least {} (Customer.io retries a webhook for 7 days; a retry arriving after its key was pruned would be applied twice)",
+                    human(DEDUPE_KEYS_FLOOR)
+                ));
+            } else if keys < self.customerio.timestamp_tolerance {
+                p.push(format!(
+                    "retention.dedupe_keys: at least customerio.timestamp_tolerance ({}): a request replayed within the signature window after its key was pruned would be applied twice",
+                    human(self.customerio.timestamp_tolerance)
+                ));
+            }
+        }
+        if r.events < EVENTS_FLOOR {
+            p.push(format!(
+                "retention.events: at least {} (the history that explains a change)",
+                human(EVENTS_FLOOR)
+            ));
+        }
+        if !(1..=MAX_PRUNE_BATCH).contains(&r.batch_size) {
+            p.push(format!(
+                "retention.batch_size: must be between 1 and {MAX_PRUNE_BATCH}"
+            ));
+        }
+        if r.interval < Duration::from_secs(1) {
+            p.push("retention.interval: at least 1s".into());
         }
         p
     }
@@ -664,6 +788,69 @@ mod tests {
             e.0.iter()
                 .any(|p| p.starts_with("identity.default_phone_country")),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn retention_defaults_keep_keys_through_retries_and_the_signature_window() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        // The 8-day signature window is longer than the 7 days of retries.
+        assert_eq!(c.dedupe_key_retention(), 8 * day);
+        assert_eq!(c.retention.events, 90 * day);
+        assert!(c.retention.compact_acknowledged_non_members);
+        assert_eq!(c.retention.batch_size, 5_000);
+        assert_eq!(c.retention.interval, Duration::from_secs(600));
+        assert_eq!(
+            c.retention.store_reporting_events,
+            ReportingEventStorage::All
+        );
+        let tight = Config::from_toml(&MINIMAL.replace(
+            "[customerio]",
+            "[retention]\ndedupe_keys = \"7d\"\n[customerio]\ntimestamp_tolerance = \"1h\"",
+        ))
+        .unwrap();
+        assert_eq!(tight.dedupe_key_retention(), 7 * day);
+    }
+
+    #[test]
+    fn retention_below_its_floor_is_an_error_naming_the_key_and_why() {
+        let with = |retention: &str| {
+            Config::from_toml(&MINIMAL.replace(
+                "[customerio]",
+                &format!("[retention]\n{retention}\n[customerio]"),
+            ))
+        };
+        let e = with("dedupe_keys = \"3d\"").unwrap_err().0;
+        assert!(
+            e.iter()
+                .any(|p| p.starts_with("retention.dedupe_keys") && p.contains("applied twice")),
+            "{e:?}"
+        );
+        // 7 days is the floor, but the default signature window is 8 days.
+        let e = with("dedupe_keys = \"7d\"").unwrap_err().0;
+        assert!(
+            e.iter().any(
+                |p| p.starts_with("retention.dedupe_keys") && p.contains("timestamp_tolerance")
+            ),
+            "{e:?}"
+        );
+        let e = with("events = \"2h\"\nbatch_size = 0\ninterval = \"10ms\"")
+            .unwrap_err()
+            .0;
+        for key in [
+            "retention.events",
+            "retention.batch_size",
+            "retention.interval",
+        ] {
+            assert!(e.iter().any(|p| p.starts_with(key)), "{key}: {e:?}");
+        }
+        let e = with("store_reporting_events = \"some\"").unwrap_err();
+        assert!(e.to_string().contains("store_reporting_events"), "{e}");
+        let c = with("events = \"30d\"\nstore_reporting_events = \"used\"").unwrap();
+        assert_eq!(
+            c.retention.store_reporting_events,
+            ReportingEventStorage::Used
         );
     }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod normalization;
 pub mod outbound;
 pub mod person;
+pub mod pruning;
 pub mod resync;
 pub mod secret;
 pub mod simulate;

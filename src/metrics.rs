@@ -65,6 +65,38 @@ fn describe() {
         "koala_reporting_events_total",
         "Reporting webhook events stored, by object_type and metric"
     );
+    describe_counter!(
+        "koala_reporting_events_not_stored_total",
+        "Reporting webhook events counted but not stored (retention.store_reporting_events = \"used\"), by object_type and metric"
+    );
+    describe_counter!(
+        "koala_store_pruned_rows_total",
+        "Rows deleted by retention, by table (received, events, sync_state)"
+    );
+    describe_counter!(
+        "koala_store_prune_failures_total",
+        "Pruning passes that failed (the next one retries)"
+    );
+    describe_gauge!(
+        "koala_store_prune_last_pass_seconds",
+        Unit::Seconds,
+        "Duration of the last pruning pass"
+    );
+    describe_gauge!(
+        "koala_store_prune_last_pass_timestamp_seconds",
+        Unit::Seconds,
+        "When the last pruning pass ended (unix time)"
+    );
+    describe_gauge!(
+        "koala_store_size_bytes",
+        Unit::Bytes,
+        "The store's size on disk after the last pruning pass"
+    );
+    describe_gauge!(
+        "koala_store_free_bytes",
+        Unit::Bytes,
+        "Of the store's size, pages freed by deletes and reused before the file grows"
+    );
     describe_histogram!(
         "koala_ingest_seconds",
         Unit::Seconds,

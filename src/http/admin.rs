@@ -139,7 +139,11 @@ pub async fn audience_changes(
             "since/bucket: at most 10000 buckets".into(),
         ));
     }
-    let since_ms = crate::store::now_ms() - since.as_millis() as i64;
+    let now = crate::store::now_ms();
+    let since_ms = now - since.as_millis() as i64;
+    // Events are pruned `retention.events` after arrival: buckets before
+    // this hold only the events that still set a membership.
+    let kept_since = now - state.config.retention.events.as_millis() as i64;
     let buckets = state
         .store
         .audience_changes(audience.id, since_ms, bucket.as_millis() as i64)
@@ -150,6 +154,7 @@ pub async fn audience_changes(
         "audience": audience.name,
         "since": since_ms,
         "bucket_seconds": bucket.as_secs(),
+        "history_kept_since": kept_since,
         "totals": { "entered": entered, "exited": exited, "net": entered - exited,
                     "stale": buckets.iter().map(|b| b.stale).sum::<i64>() },
         "buckets": buckets,

@@ -181,6 +181,21 @@ async fn handle_reporting(
     let event = reporting::parse(&raw, &state.phone_rules)?;
     count_unusable(&event.identifiers);
     let (object_type, metric) = (event.object_type.clone(), event.metric.clone());
+    let storage = state.config.retention.store_reporting_events;
+    if !crate::store::retention::stores_reporting_event(storage, &event) {
+        // No rule uses it (an open, a click): counted, nothing stored, so
+        // nothing to deduplicate either (a retry is counted again).
+        metrics::counter!("koala_reporting_events_not_stored_total", "object_type" => object_type, "metric" => metric)
+            .increment(1);
+        return Ok(json!({
+            "status": "ignored",
+            "reason": format!(
+                "{} events are counted, not stored (retention.store_reporting_events = \"{}\")",
+                event.kind(),
+                storage.as_str()
+            ),
+        }));
+    }
     let outcome = state
         .ingestor
         .submit(IngestCommand::Reporting(event))

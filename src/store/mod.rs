@@ -3,10 +3,12 @@
 
 mod ingest_plan;
 mod people;
+pub mod retention;
 mod sqlite;
 mod sqlite_ingest;
 mod sqlite_lookup;
 mod sqlite_replace;
+mod sqlite_retention;
 mod sqlite_snapshot;
 
 use std::sync::Arc;
@@ -299,6 +301,23 @@ impl SnapshotDiff {
     }
 }
 
+/// What one pruning batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneProgress {
+    pub deleted: u64,
+    /// Where the next batch of this pass starts (`from`), or `None` when
+    /// the pass has nothing more to do in this table.
+    pub next: Option<retention::PruneCursor>,
+}
+
+/// The store's size on disk and the part of it that is free for reuse
+/// (deleted rows' pages: SQLite reuses them before growing the file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DiskUsage {
+    pub bytes: u64,
+    pub free_bytes: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for readiness.
@@ -492,6 +511,24 @@ pub trait Store: Send + Sync + 'static {
         external_id: &str,
         now_ms: i64,
     ) -> Result<()>;
+
+    // ---- retention ----
+
+    /// Deletes one batch of `table`'s rows that the retention rules
+    /// (`store::retention`) allow at `cutoffs`, in one short transaction:
+    /// at most `limit` rows read and deleted. `from` is the previous
+    /// batch's `next` (`PruneCursor::Start` to begin a pass). Ingest waits
+    /// for at most one batch.
+    async fn prune_batch(
+        &self,
+        table: retention::PruneTable,
+        cutoffs: &retention::Cutoffs,
+        from: &retention::PruneCursor,
+        limit: usize,
+    ) -> Result<PruneProgress>;
+
+    /// Size on disk, if the store has a file of its own.
+    async fn disk_usage(&self) -> Result<Option<DiskUsage>>;
 }
 
 /// Milliseconds since the epoch.

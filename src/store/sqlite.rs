@@ -820,4 +820,33 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
+
+    async fn prune_batch(
+        &self,
+        table: retention::PruneTable,
+        cutoffs: &retention::Cutoffs,
+        from: &retention::PruneCursor,
+        limit: usize,
+    ) -> Result<PruneProgress> {
+        // One transaction per batch; the writer goes back to the pool
+        // (and to a waiting group commit) as soon as it commits.
+        let mut tx = self.writer.begin().await?;
+        let progress =
+            super::sqlite_retention::prune_batch(&mut tx, table, cutoffs, from, limit).await?;
+        tx.commit().await?;
+        Ok(progress)
+    }
+
+    async fn disk_usage(&self) -> Result<Option<DiskUsage>> {
+        let row = sqlx::query(
+            "SELECT page_count * page_size, freelist_count * page_size
+             FROM pragma_page_count(), pragma_page_size(), pragma_freelist_count()",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(Some(DiskUsage {
+            bytes: row.get::<i64, _>(0) as u64,
+            free_bytes: row.get::<i64, _>(1) as u64,
+        }))
+    }
 }

@@ -54,15 +54,25 @@ pub(super) async fn mark(
     }
     let ids = ids_json(person_ids);
     let mut tx = writer.begin().await?;
+    // A person without a row gets one, acknowledged in, wanted as they are
+    // now: a member (or anyone, in an additive audience) is settled; one
+    // who left after the batch was read, and whose row retention then
+    // compacted (a missing row is "never sent, not a member"), owes a
+    // remove.
     sqlx::query(
         "INSERT INTO sync_state (destination, audience_id, person_id, desired, desired_at, desired_received_at,
                                  acked, acked_at, pending)
-         SELECT $1, $2, j.value, TRUE, $3, $3, TRUE, $3,
-                EXISTS (SELECT 1 FROM people p WHERE p.person_id = j.value AND p.updated_at >= $5)
-         FROM json_each($4) AS j WHERE TRUE
+         SELECT $1, $2, w.person_id, w.wanted, $3, $3, TRUE, $3, NOT w.wanted OR w.changed
+         FROM (SELECT j.value AS person_id,
+                      (SELECT mode FROM audiences WHERE audience_id = $2) = 'additive'
+                        OR EXISTS (SELECT 1 FROM memberships m
+                                   WHERE m.audience_id = $2 AND m.person_id = j.value AND m.is_member) AS wanted,
+                      EXISTS (SELECT 1 FROM people p WHERE p.person_id = j.value AND p.updated_at >= $5) AS changed
+               FROM json_each($4) AS j) AS w WHERE TRUE
          ON CONFLICT (destination, audience_id, person_id) DO UPDATE SET
            acked = TRUE, acked_at = excluded.acked_at,
-           pending = (sync_state.desired <> TRUE) OR excluded.pending,
+           pending = (sync_state.desired <> TRUE)
+                     OR EXISTS (SELECT 1 FROM people p WHERE p.person_id = excluded.person_id AND p.updated_at >= $5),
            next_attempt_at = 0, attempts = 0, last_error = NULL,
            dead_reason = NULL, dead_at = NULL",
     )
@@ -295,6 +305,44 @@ mod tests {
                 (2, Some(true), true),
                 (3, Some(true), true)
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_person_who_left_and_lost_their_row_is_removed_again() {
+        // 1 and 2 were read as members; 2 then left, the remove was
+        // acknowledged and retention compacted the row before the batch
+        // was accepted: no row and no membership means "not a member",
+        // and the destination was just sent them.
+        let f = store(&[1]).await;
+        let (s, w) = (&f.store, &f.db);
+        s.mark_replaced("meta", 1, &[1, 2], 150, 200).await.unwrap();
+        let rows: Vec<(i64, bool, Option<bool>, bool)> = sqlx::query(
+            "SELECT person_id, desired, acked, pending FROM sync_state ORDER BY person_id",
+        )
+        .fetch_all(w)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+        assert_eq!(
+            rows,
+            [(1, true, Some(true), false), (2, false, Some(true), true)]
+        );
+        // In an additive audience nobody is removed: both are wanted.
+        sqlx::query("UPDATE audiences SET mode = 'additive'")
+            .execute(w)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM sync_state")
+            .execute(w)
+            .await
+            .unwrap();
+        s.mark_replaced("meta", 1, &[1, 2], 150, 200).await.unwrap();
+        assert_eq!(
+            states(w).await,
+            [(1, Some(true), false), (2, Some(true), false)]
         );
     }
 

@@ -21,6 +21,7 @@ mod mapping;
 mod meta_fake_contract;
 mod openapi;
 mod resync;
+mod retention;
 mod segment_delivery;
 mod snowflake_delivery;
 mod tiktok_delivery;
