@@ -386,17 +386,7 @@ async fn dead_letter_reasons(app: &TestApp) -> Vec<String> {
 async fn bigquery_rows_bigquery_refuses_are_dead_lettered_alone() {
     let fake = FakeBigQuery::start().await;
     // A table made by hand whose `orders` is INT64: 2.5 cannot go in.
-    let mut fields: Vec<(&str, &str, bool)> = vec![
-        ("change_id", "STRING", true),
-        ("audience", "STRING", true),
-        ("person_id", "STRING", true),
-        ("cio_id", "STRING", false),
-        ("change", "STRING", true),
-        ("occurred_at", "TIMESTAMP", false),
-        ("synced_at", "TIMESTAMP", true),
-        ("email", "STRING", false),
-        ("phone", "STRING", false),
-    ];
+    let mut fields: Vec<(&str, &str, bool)> = KOALA_COLUMNS.to_vec();
     fields.push(("orders", "INT64", false));
     fake.create_table(TABLE, &fields);
     let text = config(
@@ -488,16 +478,7 @@ async fn bigquery_the_token_is_refreshed_after_expiry_and_after_a_401() {
     fake.refuse_assertions(true);
     fake.expire_tokens();
     app.segment_event(CART_SEGMENT, "u5", "entered", T0).await;
-    until("paused", LONG, || async {
-        let (_, d) = app.admin_get("/v1/destinations").await;
-        d["destinations"][0]["status"]["paused"] == true
-    })
-    .await;
-    let (_, d) = app.admin_get("/v1/destinations").await;
-    let reason = d["destinations"][0]["status"]["paused_reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = app.paused_reason().await;
     assert!(
         reason.contains("service account") && reason.contains("invalid_grant"),
         "{reason}"
@@ -640,36 +621,14 @@ async fn bigquery_create_table_creates_the_table_and_the_view() {
 async fn bigquery_schema_drift_pauses_naming_the_field() {
     let fake = FakeBigQuery::start().await;
     // Made with an earlier mapping: no `plan` column.
-    fake.create_table(
-        TABLE,
-        &[
-            ("change_id", "STRING", true),
-            ("audience", "STRING", true),
-            ("person_id", "STRING", true),
-            ("cio_id", "STRING", false),
-            ("change", "STRING", true),
-            ("occurred_at", "TIMESTAMP", false),
-            ("synced_at", "TIMESTAMP", true),
-            ("email", "STRING", false),
-            ("phone", "STRING", false),
-        ],
-    );
+    fake.create_table(TABLE, KOALA_COLUMNS);
     let app = TestApp::start_with(&config(
         &fake,
         "create_table = true\nmap = { plan = \"plan\" }",
     ))
     .await;
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
-    until("paused", LONG, || async {
-        let (_, d) = app.admin_get("/v1/destinations").await;
-        d["destinations"][0]["status"]["paused"] == true
-    })
-    .await;
-    let (_, d) = app.admin_get("/v1/destinations").await;
-    let reason = d["destinations"][0]["status"]["paused_reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = app.paused_reason().await;
     assert!(
         reason.contains(&format!(
             "table {PROJECT}.{DATASET}.{TABLE} has no column plan"
@@ -690,20 +649,7 @@ async fn bigquery_schema_drift_pauses_naming_the_field() {
 #[tokio::test]
 async fn bigquery_failures_retry_or_pause_as_bigquery_means_them() {
     let fake = FakeBigQuery::start().await;
-    fake.create_table(
-        TABLE,
-        &[
-            ("change_id", "STRING", true),
-            ("audience", "STRING", true),
-            ("person_id", "STRING", true),
-            ("cio_id", "STRING", false),
-            ("change", "STRING", true),
-            ("occurred_at", "TIMESTAMP", false),
-            ("synced_at", "TIMESTAMP", true),
-            ("email", "STRING", false),
-            ("phone", "STRING", false),
-        ],
-    );
+    fake.create_table(TABLE, KOALA_COLUMNS);
     let app = TestApp::start_with(&config(&fake, "")).await;
     fake.fail_next(1, 503);
     fake.fail_next_with(1, 429, "rateLimitExceeded", Some(0));
@@ -719,16 +665,7 @@ async fn bigquery_failures_retry_or_pause_as_bigquery_means_them() {
 
     fake.fail_next_with(1, 403, "accessDenied", None);
     app.segment_event(CART_SEGMENT, "u2", "entered", T0).await;
-    until("paused", LONG, || async {
-        let (_, d) = app.admin_get("/v1/destinations").await;
-        d["destinations"][0]["status"]["paused"] == true
-    })
-    .await;
-    let (_, d) = app.admin_get("/v1/destinations").await;
-    let reason = d["destinations"][0]["status"]["paused_reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = app.paused_reason().await;
     assert!(
         reason.contains("HTTP 403 accessDenied") && reason.contains("bigquery.tables.updateData"),
         "{reason}"
@@ -739,16 +676,7 @@ async fn bigquery_failures_retry_or_pause_as_bigquery_means_them() {
     let fake = FakeBigQuery::start().await;
     let app = TestApp::start_with(&config(&fake, "")).await;
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
-    until("paused", LONG, || async {
-        let (_, d) = app.admin_get("/v1/destinations").await;
-        d["destinations"][0]["status"]["paused"] == true
-    })
-    .await;
-    let (_, d) = app.admin_get("/v1/destinations").await;
-    let reason = d["destinations"][0]["status"]["paused_reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = app.paused_reason().await;
     assert!(
         reason.contains("HTTP 404 notFound")
             && reason.contains(&format!("table {PROJECT}.{DATASET}.{TABLE} was not found"))
@@ -763,16 +691,7 @@ async fn bigquery_failures_retry_or_pause_as_bigquery_means_them() {
         .replace(&format!("dataset = \"{DATASET}\""), "dataset = \"missing\"");
     let app = TestApp::start_with(&text).await;
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
-    until("paused", LONG, || async {
-        let (_, d) = app.admin_get("/v1/destinations").await;
-        d["destinations"][0]["status"]["paused"] == true
-    })
-    .await;
-    let (_, d) = app.admin_get("/v1/destinations").await;
-    let reason = d["destinations"][0]["status"]["paused_reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = app.paused_reason().await;
     assert!(
         reason.contains(&format!(
             "creating table {PROJECT}.missing.{TABLE}: dataset {PROJECT}.missing was not found"

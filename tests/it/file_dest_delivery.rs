@@ -158,16 +158,7 @@ async fn file_dest_an_unwritable_directory_pauses_naming_the_path() {
     let dir = blocker.join("out");
     let app = TestApp::start_with(&config(&dir)).await;
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
-    until("paused", LONG, || async {
-        let (_, d) = app.admin_get("/v1/destinations").await;
-        d["destinations"][0]["status"]["paused"] == true
-    })
-    .await;
-    let (_, d) = app.admin_get("/v1/destinations").await;
-    let reason = d["destinations"][0]["status"]["paused_reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = app.paused_reason().await;
     assert!(reason.contains(&dir.display().to_string()), "{reason}");
     assert!(!reason.contains("u1@"), "{reason}");
     app.stop().await;

@@ -350,16 +350,7 @@ async fn segment_a_throttle_is_retried_and_a_refused_key_pauses() {
     let app = TestApp::start_with(&config(&fake, "")).await;
     fake.push(401, None);
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
-    until("paused", LONG, || async {
-        let (_, d) = app.admin_get("/v1/destinations").await;
-        d["destinations"][0]["status"]["paused"] == true
-    })
-    .await;
-    let (_, d) = app.admin_get("/v1/destinations").await;
-    let reason = d["destinations"][0]["status"]["paused_reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = app.paused_reason().await;
     assert!(
         reason.contains("HTTP 401") && reason.contains("write key"),
         "{reason}"

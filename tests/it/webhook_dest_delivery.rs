@@ -157,16 +157,7 @@ async fn webhook_dest_410_gone_pauses_the_destination() {
     let app = TestApp::start_with(&config(&rx, &[SECRET], "")).await;
     rx.push(410, None);
     app.segment_event(CART_SEGMENT, "u1", "entered", T0).await;
-    until("paused", LONG, || async {
-        let (_, d) = app.admin_get("/v1/destinations").await;
-        d["destinations"][0]["status"]["paused"] == true
-    })
-    .await;
-    let (_, d) = app.admin_get("/v1/destinations").await;
-    let reason = d["destinations"][0]["status"]["paused_reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let reason = app.paused_reason().await;
     assert!(reason.contains("410 Gone"), "{reason}");
     assert!(!reason.contains("u1"), "{reason}");
     assert!(rx.members(CART).is_empty());

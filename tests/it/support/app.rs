@@ -169,6 +169,24 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits until the first destination is paused; returns why.
+    pub async fn paused_reason(&self) -> String {
+        crate::support::wait::until(
+            "the destination paused",
+            std::time::Duration::from_secs(30),
+            || async {
+                let (_, d) = self.admin_get("/v1/destinations").await;
+                d["destinations"][0]["status"]["paused"] == true
+            },
+        )
+        .await;
+        let (_, d) = self.admin_get("/v1/destinations").await;
+        d["destinations"][0]["status"]["paused_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     pub async fn audience(&self, name: &str) -> Value {
         let (status, body) = self.admin_get(&format!("/v1/audiences/{name}")).await;
         assert_eq!(status, 200, "{body}");
