@@ -222,6 +222,8 @@ segment_id = {CART_SEGMENT}
 sync = [{{ destination = "meta", audience_id = "{AUD}" }}, {{ destination = "meta_down", audience_id = "{AUD_DOWN}" }}]
 "#
         )
+        // Pruning every second, so its gauges are there to scrape.
+        + "\n[retention]\ninterval = \"1s\"\n"
 }
 
 #[tokio::test]
@@ -328,6 +330,7 @@ async fn every_metric_the_dashboard_and_the_rules_reference_is_exported() {
         ("koala_reconcile_drift_total", &[], 1.0),
         ("koala_destination_requests_total", &[("op", "remove")], 1.0),
         ("koala_audience_members", &[], 1.0),
+        ("koala_store_prune_last_pass_timestamp_seconds", &[], 1.0),
     ];
     let started = std::time::Instant::now();
     loop {
