@@ -252,18 +252,26 @@ pub async fn get_resync(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = state
+    let report = state
         .resyncs
-        .job(&id)
+        .report(&id)
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no resync {id:?}")))?;
-    Ok(Json(resync_json(&state, &job).await?))
+    Ok(Json(with_progress(&state, report).await?))
 }
 
 /// The job plus each destination's progress towards the new membership.
 async fn resync_json(state: &AppState, job: &JobState) -> Result<Value, ApiError> {
-    let mut body = serde_json::to_value(job).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let body = serde_json::to_value(job).map_err(|e| ApiError::Internal(e.to_string()))?;
+    with_progress(state, body).await
+}
+
+/// A job's report plus each destination's progress (now) towards the
+/// audience's membership.
+async fn with_progress(state: &AppState, mut body: Value) -> Result<Value, ApiError> {
     let mut progress = Vec::new();
-    if let Some(a) = state.catalog.by_name(&job.audience) {
+    let audience = body["audience"].as_str().unwrap_or_default().to_owned();
+    if let Some(a) = state.catalog.by_name(&audience) {
         for d in &a.destinations {
             let s = state.store.destination_audience_stats(d, a.id).await?;
             progress.push(json!({

@@ -23,7 +23,8 @@ use crate::delivery::Wakers;
 use crate::identity::PhoneRules;
 use crate::store::{SnapshotDiff, Store};
 
-/// How many finished jobs stay visible in the API.
+/// How many finished jobs stay visible in the API: in memory, and per
+/// audience in the store.
 const KEEP_FINISHED: usize = 200;
 
 /// Drift found by the last scheduled reconciliation of an audience.
@@ -162,14 +163,37 @@ impl Resyncs {
                 phone_rules: this.phone_rules,
             };
             run.execute().await;
-            this.finished(&shared);
+            this.finished(&shared).await;
         });
         Ok((state, true))
     }
 
-    fn finished(&self, shared: &Arc<Mutex<JobState>>) {
+    async fn finished(&self, shared: &Arc<Mutex<JobState>>) {
         let state = shared.lock().expect("job lock").clone();
         record_metrics(&state);
+        // The report outlives this process: GET /v1/resyncs/{id} answers
+        // it after a restart. A failure to keep it costs only that.
+        match serde_json::to_value(&state) {
+            Ok(report) => {
+                if let Err(e) = self
+                    .store
+                    .record_finished_resync(
+                        &state.id,
+                        &state.audience,
+                        state.started_at,
+                        state.finished_at,
+                        &report,
+                        KEEP_FINISHED,
+                    )
+                    .await
+                {
+                    tracing::warn!(job = %state.id, error = %e, "the resync's report could not be stored");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = %state.id, error = %e, "the resync's report does not serialize")
+            }
+        }
         if state.trigger == Trigger::Schedule {
             let mut r = self.reconcile.lock().expect("reconcile lock");
             let status = r.entry(state.audience.clone()).or_default();
@@ -187,6 +211,18 @@ impl Resyncs {
                 jobs.by_id.remove(&old);
             }
         }
+    }
+
+    /// A job's report: this process's own (running or finished), else the
+    /// store's for a job that finished earlier (before a restart).
+    pub async fn report(
+        &self,
+        id: &str,
+    ) -> Result<Option<serde_json::Value>, crate::store::StoreError> {
+        if let Some(job) = self.job(id) {
+            return Ok(serde_json::to_value(job).ok());
+        }
+        self.store.finished_resync(id).await
     }
 
     pub fn job(&self, id: &str) -> Option<JobState> {

@@ -475,6 +475,22 @@ pub trait Store: Send + Sync + 'static {
     /// Makes matching dead letters due again; returns how many.
     async fn redrive(&self, filter: &DeadLetterFilter) -> Result<u64>;
 
+    /// Keeps a finished resync's report (the admin API's JSON for it, with
+    /// masked identifiers only), and of each audience only the newest
+    /// `keep` reports.
+    async fn record_finished_resync(
+        &self,
+        job_id: &str,
+        audience: &str,
+        started_at: i64,
+        finished_at: Option<i64>,
+        report: &serde_json::Value,
+        keep: usize,
+    ) -> Result<()>;
+
+    /// A finished resync's report, if the store still keeps it.
+    async fn finished_resync(&self, job_id: &str) -> Result<Option<serde_json::Value>>;
+
     /// From counts kept with every change: one row read, whatever the size.
     async fn destination_audience_stats(
         &self,

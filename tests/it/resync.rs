@@ -970,3 +970,32 @@ async fn a_replace_uses_the_destination_as_last_reloaded() {
     assert_eq!(meta.replace_requests().len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_finished_resync_is_still_reported_after_a_restart() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let app = TestApp::start_with(&config(&api, &meta, 1000, "")).await;
+    api.set_segment(
+        CART_SEGMENT as u64,
+        "cart",
+        vec![member("u1"), member("u2")],
+    );
+    let job = resync(&app, "").await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = finished(&app, &id).await;
+    assert_eq!(done["phase"], "done", "{done}");
+    let app = app.restart().await;
+    let (status, after) = app.admin_get(&format!("/v1/resyncs/{id}")).await;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["phase"], "done");
+    assert_eq!(after["entered"], 2);
+    assert_eq!(after["audience"], CART);
+    assert!(
+        after["destinations"].is_array(),
+        "progress is today's: {after}"
+    );
+    let (status, _) = app.admin_get("/v1/resyncs/no-such-job").await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
