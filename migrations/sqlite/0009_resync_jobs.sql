@@ -4,8 +4,10 @@
 CREATE TABLE resync_jobs (
     job_id        TEXT PRIMARY KEY,
     audience      TEXT NOT NULL,
+    trigger       TEXT NOT NULL,  -- api | schedule (see resync::Trigger)
     started_at    BIGINT NOT NULL,
     finished_at   BIGINT,
     report        TEXT NOT NULL   -- the job's JSON, masked identifiers only
 );
 CREATE INDEX resync_jobs_audience ON resync_jobs(audience, started_at);
+CREATE INDEX resync_jobs_trigger ON resync_jobs(audience, trigger, started_at);

@@ -77,10 +77,8 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             "unaddressable": s.unmatched_members,
         }));
     }
-    let resync = state.resyncs.latest_for(&a.name).map(|j| {
-        json!({ "id": j.id, "phase": j.phase, "dry_run": j.dry_run, "started_at": j.started_at,
-                "finished_at": j.finished_at, "entered": j.diff.entered, "exited": j.diff.exited })
-    });
+    let resync = state.resyncs.latest_summary(&a.name).await?;
+    let reconcile = state.resyncs.reconcile_status(&a.name).await?;
     Ok(json!({
         "name": a.name,
         "segment_id": a.segment_id,
@@ -97,7 +95,7 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
         "last_change_at": stats.last_change_at,
         "destinations": destinations,
         "last_resync": resync,
-        "reconcile": state.resyncs.reconcile_status(&a.name),
+        "reconcile": reconcile,
     }))
 }
 

@@ -178,11 +178,14 @@ impl Resyncs {
                 if let Err(e) = self
                     .store
                     .record_finished_resync(
-                        &state.id,
-                        &state.audience,
-                        state.started_at,
-                        state.finished_at,
-                        &report,
+                        &crate::store::FinishedResync {
+                            job_id: &state.id,
+                            audience: &state.audience,
+                            trigger: state.trigger.as_str(),
+                            started_at: state.started_at,
+                            finished_at: state.finished_at,
+                            report: &report,
+                        },
                         KEEP_FINISHED,
                     )
                     .await
@@ -252,12 +255,52 @@ impl Resyncs {
             .max_by_key(|s| s.started_at)
     }
 
-    pub fn reconcile_status(&self, audience: &str) -> Option<ReconcileStatus> {
-        self.reconcile
+    /// The scheduled reconciliation of an audience: its interval, and its
+    /// last run (this process's, else the newest the store kept).
+    pub async fn reconcile_status(
+        &self,
+        audience: &str,
+    ) -> Result<Option<ReconcileStatus>, crate::store::StoreError> {
+        let mine = self
+            .reconcile
             .lock()
             .expect("reconcile lock")
             .get(audience)
-            .cloned()
+            .cloned();
+        let Some(mut status) = mine else {
+            return Ok(None);
+        };
+        if status.last_job.is_none() {
+            if let Some(r) = self
+                .store
+                .latest_finished_resync(audience, Some(Trigger::Schedule.as_str()))
+                .await?
+            {
+                status.last_run_at = r["finished_at"].as_i64();
+                status.last_job = r["id"].as_str().map(str::to_owned);
+                status.last_outcome = r["phase"].as_str().map(str::to_owned);
+                status.drift_entered = r["entered"].as_u64().unwrap_or(0);
+                status.drift_exited = r["exited"].as_u64().unwrap_or(0);
+            }
+        }
+        Ok(Some(status))
+    }
+
+    /// The latest job of an audience as the API summarizes it: this
+    /// process's (running or finished), else the newest the store kept.
+    pub async fn latest_summary(
+        &self,
+        audience: &str,
+    ) -> Result<Option<serde_json::Value>, crate::store::StoreError> {
+        let report = match self.latest_for(audience) {
+            Some(job) => serde_json::to_value(job).ok(),
+            None => self.store.latest_finished_resync(audience, None).await?,
+        };
+        Ok(report.map(|r| {
+            serde_json::json!({ "id": r["id"], "phase": r["phase"], "dry_run": r["dry_run"],
+                "started_at": r["started_at"], "finished_at": r["finished_at"],
+                "entered": r["entered"], "exited": r["exited"] })
+        }))
     }
 
     /// Runs the scheduled reconciliation of every audience that asks for

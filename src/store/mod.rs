@@ -318,6 +318,19 @@ pub struct DiskUsage {
     pub free_bytes: u64,
 }
 
+/// A finished resync as the store keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct FinishedResync<'a> {
+    pub job_id: &'a str,
+    pub audience: &'a str,
+    /// `api` or `schedule`.
+    pub trigger: &'a str,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// The admin API's JSON for the job (masked identifiers only).
+    pub report: &'a serde_json::Value,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip for readiness.
@@ -478,18 +491,18 @@ pub trait Store: Send + Sync + 'static {
     /// Keeps a finished resync's report (the admin API's JSON for it, with
     /// masked identifiers only), and of each audience only the newest
     /// `keep` reports.
-    async fn record_finished_resync(
-        &self,
-        job_id: &str,
-        audience: &str,
-        started_at: i64,
-        finished_at: Option<i64>,
-        report: &serde_json::Value,
-        keep: usize,
-    ) -> Result<()>;
+    async fn record_finished_resync(&self, job: &FinishedResync<'_>, keep: usize) -> Result<()>;
 
     /// A finished resync's report, if the store still keeps it.
     async fn finished_resync(&self, job_id: &str) -> Result<Option<serde_json::Value>>;
+
+    /// The newest finished resync report of an audience, of one trigger
+    /// (`api`, `schedule`) or any.
+    async fn latest_finished_resync(
+        &self,
+        audience: &str,
+        trigger: Option<&str>,
+    ) -> Result<Option<serde_json::Value>>;
 
     /// From counts kept with every change: one row read, whatever the size.
     async fn destination_audience_stats(

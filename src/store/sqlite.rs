@@ -693,30 +693,27 @@ impl Store for SqliteStore {
 
     async fn record_finished_resync(
         &self,
-        job_id: &str,
-        audience: &str,
-        started_at: i64,
-        finished_at: Option<i64>,
-        report: &serde_json::Value,
+        job: &super::FinishedResync<'_>,
         keep: usize,
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         sqlx::query(
-            "INSERT INTO resync_jobs (job_id, audience, started_at, finished_at, report) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO resync_jobs (job_id, audience, trigger, started_at, finished_at, report) VALUES ($1, $2, $6, $3, $4, $5)
              ON CONFLICT (job_id) DO UPDATE SET finished_at = excluded.finished_at, report = excluded.report",
         )
-        .bind(job_id)
-        .bind(audience)
-        .bind(started_at)
-        .bind(finished_at)
-        .bind(report.to_string())
+        .bind(job.job_id)
+        .bind(job.audience)
+        .bind(job.started_at)
+        .bind(job.finished_at)
+        .bind(job.report.to_string())
+        .bind(job.trigger)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
             "DELETE FROM resync_jobs WHERE audience = $1 AND job_id NOT IN
                (SELECT job_id FROM resync_jobs WHERE audience = $1 ORDER BY started_at DESC LIMIT $2)",
         )
-        .bind(audience)
+        .bind(job.audience)
         .bind(keep as i64)
         .execute(&mut *tx)
         .await?;
@@ -729,6 +726,22 @@ impl Store for SqliteStore {
             .bind(job_id)
             .fetch_optional(&self.reader)
             .await?;
+        Ok(row.and_then(|r| serde_json::from_str(&r.get::<String, _>(0)).ok()))
+    }
+
+    async fn latest_finished_resync(
+        &self,
+        audience: &str,
+        trigger: Option<&str>,
+    ) -> Result<Option<serde_json::Value>> {
+        let row = sqlx::query(
+            "SELECT report FROM resync_jobs WHERE audience = $1 AND ($2 IS NULL OR trigger = $2)
+             ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(audience)
+        .bind(trigger)
+        .fetch_optional(&self.reader)
+        .await?;
         Ok(row.and_then(|r| serde_json::from_str(&r.get::<String, _>(0)).ok()))
     }
 

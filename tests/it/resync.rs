@@ -995,7 +995,46 @@ async fn a_finished_resync_is_still_reported_after_a_restart() {
         after["destinations"].is_array(),
         "progress is today's: {after}"
     );
+    let a = app.audience(CART).await;
+    assert_eq!(a["last_resync"]["id"], id.as_str(), "{a}");
+    assert_eq!(a["last_resync"]["phase"], "done");
     let (status, _) = app.admin_get("/v1/resyncs/no-such-job").await;
     assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_last_reconciliation_is_still_reported_after_a_restart() {
+    let api = FakeAppApi::start().await;
+    let meta = FakeMeta::start().await;
+    let every = |d: &str| {
+        config(&api, &meta, 100, "").replace(
+            &format!("segment_id = {CART_SEGMENT}\n"),
+            &format!("segment_id = {CART_SEGMENT}\nreconcile_every = \"{d}\"\n"),
+        )
+    };
+    let app = TestApp::start_with(&every("1s")).await;
+    api.set_segment(CART_SEGMENT as u64, "cart", vec![member("missed")]);
+    until("drift reported", LONG, || async {
+        app.audience(CART).await["reconcile"]["drift_entered"] == 1
+    })
+    .await;
+    let dir = app.dir.clone();
+    let before = app.audience(CART).await["reconcile"].clone();
+    app.stop().await;
+    // Started again with a long interval: no new run yet, so the last one
+    // reported is the store's (the one seen before the stop, or a later
+    // one that finished in between).
+    let app = TestApp::start_in(dir, &every("1h")).await;
+    let after = app.audience(CART).await["reconcile"].clone();
+    assert_eq!(after["every_seconds"], 3600, "{after}");
+    assert_eq!(after["last_outcome"], "done");
+    assert!(
+        after["last_job"].is_string() && after["last_run_at"].is_i64(),
+        "{after}"
+    );
+    if after["last_job"] == before["last_job"] {
+        assert_eq!(after["drift_entered"], 1, "{after}");
+    }
     app.stop().await;
 }
