@@ -61,6 +61,7 @@ async fn audience_json(state: &AppState, a: &AudienceDef) -> Result<Value, ApiEr
             "platform_audience_id": platform_id,
             "pending_adds": s.pending_adds,
             "pending_removes": s.pending_removes,
+            "pending_updates": s.pending_updates,
             "in_flight": state.engine.in_flight(d, a.id),
             "acknowledged_members": s.acknowledged_members,
             "unmatched_members": s.unmatched_members,

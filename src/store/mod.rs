@@ -185,8 +185,12 @@ pub struct WorkBatch {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DestinationAudienceStats {
+    /// Rows to be sent as members: entries, and attribute updates.
     pub pending_adds: i64,
     pub pending_removes: i64,
+    /// Of `pending_adds`, attribute updates of members the destination
+    /// already holds.
+    pub pending_updates: i64,
     pub acknowledged_members: i64,
     /// Acknowledged members the destination could not be sent (none of
     /// its identifiers): the gap between the audience and what it holds.

@@ -751,7 +751,7 @@ impl Store for SqliteStore {
         audience_id: i64,
     ) -> Result<DestinationAudienceStats> {
         let r = sqlx::query(
-            "SELECT pending_adds, pending_removes, acked_members, dead_letters, last_ack_at, unmatched_members
+            "SELECT pending_adds, pending_removes, acked_members, dead_letters, last_ack_at, unmatched_members, pending_updates
              FROM sync_counts WHERE destination = $1 AND audience_id = $2",
         )
         .bind(destination)
@@ -765,6 +765,7 @@ impl Store for SqliteStore {
             dead_letters: r.get(3),
             last_success_at: r.get(4),
             unmatched_members: r.get(5),
+            pending_updates: r.get(6),
         })
         .unwrap_or_default())
     }

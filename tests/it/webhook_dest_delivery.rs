@@ -311,6 +311,14 @@ async fn webhook_dest_a_members_changed_attributes_are_sent_as_one_update() {
     for (i, ltv) in [20.0, 30.0, 42.5].iter().enumerate() {
         app.segment_webhook(&enter(*ltv, T0 + 1 + i as i64)).await;
     }
+    // While the receiver is asked to wait, the update is counted as one:
+    // a pending add, and of those an update (the member is there).
+    until("the update counted", LONG, || async {
+        let d = app.audience(CART).await;
+        let hook = &d["destinations"][0];
+        hook["pending_updates"] == 1 && hook["pending_adds"] == 1
+    })
+    .await;
     until("the receiver holds the newest value", LONG, || async {
         rx.member(CART, "u-ltv")
             .is_some_and(|m| m["attributes"]["lifetime_value"] == 42.5)
