@@ -75,23 +75,17 @@ impl RsaSigningKey {
     /// A compact JWT with `{"alg":"RS256","typ":"JWT"}` over `claims`.
     pub fn sign(&self, claims: &impl Serialize) -> Result<String, String> {
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &self.encoding)
-            .map_err(|e| format!("signing the JWT failed: {}", e.kind_name()))
+            .map_err(|e| format!("signing the JWT failed: {}", kind_name(&e)))
     }
 }
 
-/// jsonwebtoken's error kinds by name, without any payload.
-trait KindName {
-    fn kind_name(&self) -> &'static str;
-}
-
-impl KindName for jsonwebtoken::errors::Error {
-    fn kind_name(&self) -> &'static str {
-        use jsonwebtoken::errors::ErrorKind;
-        match self.kind() {
-            ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => "invalid RSA key",
-            ErrorKind::Json(_) => "claims do not serialize",
-            _ => "signing error",
-        }
+/// A jsonwebtoken error by its kind, without any payload.
+fn kind_name(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidKeyFormat => "invalid RSA key",
+        ErrorKind::Json(_) => "claims do not serialize",
+        _ => "signing error",
     }
 }
 
